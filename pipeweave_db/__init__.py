@@ -1,0 +1,71 @@
+"""PipeWeave's PostgreSQL database: configuration, connection, schema and maintenance."""
+
+from pipeweave_db.config import DatabaseConfig, config_from_env, mask_url
+from pipeweave_db.database import (
+    Database,
+    Row,
+    close_database,
+    create_database,
+    create_database_from_env,
+    test_connection,
+)
+from pipeweave_db.errors import (
+    ConfigError,
+    MigrationError,
+    PipeweaveError,
+    QueryResultError,
+    SchemaError,
+)
+from pipeweave_db.maintenance import (
+    CleanupResult,
+    cleanup,
+    cleanup_expired_cache,
+    cleanup_old_dlq,
+)
+from pipeweave_db.schema import (
+    PIPEWEAVE_TABLES,
+    AppliedMigration,
+    InitResult,
+    Migration,
+    SchemaStatus,
+    initialize_schema,
+    is_database_initialized,
+    load_migrations,
+    migrate,
+    reset_schema,
+    schema_status,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PIPEWEAVE_TABLES",
+    "AppliedMigration",
+    "CleanupResult",
+    "ConfigError",
+    "Database",
+    "DatabaseConfig",
+    "InitResult",
+    "Migration",
+    "MigrationError",
+    "PipeweaveError",
+    "QueryResultError",
+    "Row",
+    "SchemaError",
+    "SchemaStatus",
+    "cleanup",
+    "cleanup_expired_cache",
+    "cleanup_old_dlq",
+    "close_database",
+    "config_from_env",
+    "create_database",
+    "create_database_from_env",
+    "initialize_schema",
+    "is_database_initialized",
+    "load_migrations",
+    "mask_url",
+    "migrate",
+    "reset_schema",
+    "schema_status",
+    "test_connection",
+]

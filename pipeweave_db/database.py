@@ -1,0 +1,303 @@
+"""`Database`: pg-promise's query helpers and transactions over psycopg 3.
+
+A Database either owns a psycopg_pool pool (what `create_database` returns) or is bound to one
+connection that may already be inside a transaction (what the pytest plugin's rollback fixture
+uses). Both answer the same calls, so code under test cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, NullConnectionPool, PoolTimeout
+
+from pipeweave_db import schema
+from pipeweave_db.config import DatabaseConfig, config_from_env
+from pipeweave_db.errors import ConfigError, PipeweaveError, QueryResultError
+
+__all__ = [
+    "Database",
+    "Row",
+    "close_database",
+    "create_database",
+    "create_database_from_env",
+    "test_connection",
+]
+
+logger = logging.getLogger("pipeweave_db")
+
+Row: TypeAlias = dict[str, Any]
+Query: TypeAlias = str | bytes | sql.SQL | sql.Composed
+Params: TypeAlias = Sequence[Any] | Mapping[str, Any] | None
+Connection: TypeAlias = psycopg.Connection[Any]
+
+
+class Database:
+    """Queries with pg-promise's cardinality rules, rows as dicts, and ``tx()``.
+
+    Outside ``tx()`` every statement commits on its own (autocommit), as with pg-promise.
+    """
+
+    def __init__(self, config: DatabaseConfig) -> None:
+        self.config: DatabaseConfig | None = config
+        self._conn: Connection | None = None
+        self._statement_savepoints = False
+        self._owns_pool = True
+        self._verified = False
+        self._closed = False
+        pool_class = NullConnectionPool if config.allow_exit_on_idle else ConnectionPool
+        self._pool: ConnectionPool[Connection] | None = pool_class(
+            config.conninfo(),
+            min_size=0,
+            max_size=config.max,
+            kwargs={"autocommit": True},
+            check=ConnectionPool.check_connection,
+            timeout=config.timeout,
+            open=True,
+        )
+
+    @classmethod
+    def from_pool(cls, pool: ConnectionPool[Connection]) -> Database:
+        """A Database over a psycopg_pool pool that someone else owns: ``close()`` leaves it open.
+
+        The pool's connections should be in autocommit, as ``create_database``'s are.
+        """
+        db = cls.__new__(cls)
+        db.config = None
+        db._conn = None
+        db._statement_savepoints = False
+        db._pool = pool
+        db._owns_pool = False
+        db._verified = True
+        db._closed = False
+        return db
+
+    @classmethod
+    def bound(cls, connection: Connection, *, statement_savepoints: bool = True) -> Database:
+        """A Database whose queries and ``tx()`` all go through ``connection``.
+
+        When ``connection`` is inside a transaction, ``tx()`` is a savepoint and nothing is
+        committed. With ``statement_savepoints`` each statement outside ``tx()`` runs in its own
+        savepoint, so that a failing statement leaves the transaction usable, as it would leave
+        an autocommit connection.
+        """
+        db = cls.__new__(cls)
+        db.config = None
+        db._conn = connection
+        db._statement_savepoints = statement_savepoints
+        db._pool = None
+        db._owns_pool = False
+        db._verified = True
+        db._closed = False
+        return db
+
+    # -- pg-promise's helpers -------------------------------------------------------------
+
+    def none(self, query: Query, params: Params = None) -> None:
+        """Run a statement that must return no rows."""
+        rows, _ = self._run(query, params)
+        if rows:
+            raise QueryResultError("no rows", len(rows), _text(query))
+
+    def one(self, query: Query, params: Params = None) -> Row:
+        """The one row a query must return."""
+        rows, _ = self._run(query, params)
+        if len(rows) != 1:
+            raise QueryResultError("one row", len(rows), _text(query))
+        return rows[0]
+
+    def one_or_none(self, query: Query, params: Params = None) -> Row | None:
+        """The row a query returns, or None; more than one row is an error."""
+        rows, _ = self._run(query, params)
+        if len(rows) > 1:
+            raise QueryResultError("one row or none", len(rows), _text(query))
+        return rows[0] if rows else None
+
+    def many(self, query: Query, params: Params = None) -> list[Row]:
+        """The rows of a query that must return at least one."""
+        rows, _ = self._run(query, params)
+        if not rows:
+            raise QueryResultError("one row or more", 0, _text(query))
+        return rows
+
+    def many_or_none(self, query: Query, params: Params = None) -> list[Row]:
+        """All rows of a query, possibly none."""
+        rows, _ = self._run(query, params)
+        return rows
+
+    any = many_or_none
+
+    def result(self, query: Query, params: Params = None) -> int:
+        """The number of rows a statement affected (or returned)."""
+        _, rowcount = self._run(query, params)
+        return rowcount
+
+    # -- transactions and lifetime --------------------------------------------------------
+
+    @contextmanager
+    def tx(self) -> Iterator[Database]:
+        """A transaction: commit when the block ends, roll back if it raises.
+
+        Use the Database it yields inside the block. A ``tx()`` inside a ``tx()`` is a savepoint.
+        """
+        with self._connection() as conn, conn.transaction():
+            inner = Database.bound(conn, statement_savepoints=False)
+            inner.config = self.config
+            try:
+                yield inner
+            finally:
+                inner._conn = None
+                inner._closed = True
+
+    def close(self) -> None:
+        """Close the pool (a bound Database leaves its connection to its owner). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None and self._owns_pool:
+            self._pool.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._conn is not None or self.config is None:
+            where = "bound to one connection"
+        else:
+            where = self.config.masked_url
+        state = " (closed)" if self._closed else ""
+        return f"<Database {where}{state}>"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _run(self, query: Query, params: Params) -> tuple[list[Row], int]:
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            if self._statement_savepoints:
+                with conn.transaction():
+                    cur.execute(query, params)
+                    return _last_result(cur)
+            cur.execute(query, params)
+            return _last_result(cur)
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        if self._closed:
+            raise PipeweaveError(
+                "this Database is closed"
+                if self._conn is None and self._pool is not None
+                else "this transaction has ended: use it only inside its 'with db.tx()' block"
+            )
+        if self._conn is not None:
+            yield self._conn
+            return
+        pool = self._pool
+        assert pool is not None
+        conn = self._acquire(pool)
+        try:
+            yield conn
+        finally:
+            pool.putconn(conn)
+
+    def _acquire(self, pool: ConnectionPool[Connection]) -> Connection:
+        # The pool only says it waited in vain; a direct attempt says why (refused,
+        # authentication, no such database). Made once up front, so a first failure is fast.
+        if not self._verified and self.config is not None:
+            _connect_directly(self.config)
+            self._verified = True
+        try:
+            return pool.getconn()
+        except PoolTimeout:
+            if self.config is not None:
+                _connect_directly(self.config)
+            raise
+
+
+def _connect_directly(config: DatabaseConfig) -> None:
+    with psycopg.connect(config.conninfo()):
+        pass
+
+
+def _last_result(cur: psycopg.Cursor[Row]) -> tuple[list[Row], int]:
+    """Rows and row count of the last statement, as pg-promise reports multi-statement queries."""
+    rows: list[Row] = cur.fetchall() if cur.description is not None else []
+    rowcount = cur.rowcount
+    while cur.nextset():
+        rows = cur.fetchall() if cur.description is not None else []
+        rowcount = cur.rowcount
+    return rows, rowcount
+
+
+def _text(query: Query) -> str:
+    if isinstance(query, bytes):
+        return query.decode(errors="replace")
+    if isinstance(query, str):
+        return query
+    return repr(query)
+
+
+def create_database(config: DatabaseConfig | None = None, /, **options: Any) -> Database:
+    """A Database from a config, or from the seed's keywords.
+
+    ``create_database(connection_string="postgres://...")`` or
+    ``create_database(host=..., port=..., database=..., user=..., password=..., ssl=..., max=...,
+    allow_exit_on_idle=...)``; keywords given with a config override its fields.
+    """
+    try:
+        if config is None:
+            config = DatabaseConfig(**options)
+        elif options:
+            config = dataclasses.replace(config, **options)
+    except TypeError as exc:
+        raise ConfigError(f"unknown setting for create_database: {exc}") from None
+    return Database(config)
+
+
+def create_database_from_env(environ: Mapping[str, str] | None = None) -> Database:
+    """A Database from ``DATABASE_URL`` or ``DB_*``; initializes the schema if AUTO_INIT_DB asks."""
+    db = Database(config_from_env(environ))
+    if db.config is not None and db.config.auto_init:
+        try:
+            if not schema.is_database_initialized(db):
+                schema.initialize_schema(db)
+        except BaseException:
+            db.close()
+            raise
+    return db
+
+
+def test_connection(db: Database) -> bool:
+    """True when a query reaches the server. Never raises: logs why it failed instead."""
+    try:
+        db.one("SELECT 1 AS ok")
+    except Exception as exc:
+        logger.warning("database connection failed: %s", str(exc).strip() or type(exc).__name__)
+        return False
+    return True
+
+
+test_connection.__test__ = False  # type: ignore[attr-defined]
+
+
+def close_database(db: Database) -> None:
+    """Close ``db``'s pool; safe to call twice."""
+    db.close()
