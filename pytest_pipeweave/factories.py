@@ -1,0 +1,209 @@
+"""Valid PipeWeave rows with one call: defaults for every column, relations created on demand.
+
+``factory.task_run()`` creates the service, task, pipeline and pipeline run it needs; pass
+``task=`` or ``pipeline_run=`` (rows you made before) to share them, and any column as a
+keyword to override it. Ids are unique within a factory and across factories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from pipeweave_db import Database, Row
+
+__all__ = ["DEFAULT_IDEMPOTENCY_TTL", "PipeweaveFactory", "code_hash", "idempotency_key"]
+
+DEFAULT_IDEMPOTENCY_TTL = 86400
+_JSONB_COLUMNS = frozenset(
+    {
+        "metadata",
+        "input_schema",
+        "structure",
+        "structure_snapshot",
+        "assets",
+        "upstream_refs",
+        "previous_attempts",
+    }
+)
+_FINISHED = ("completed", "failed", "timeout", "cancelled")
+
+
+def code_hash(definition: object) -> str:
+    """The orchestrator's code hash: SHA-256 hex of the task definition, first 16 characters."""
+    text = definition if isinstance(definition, str) else json.dumps(definition, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def idempotency_key(task_id: str, user_key: str) -> str:
+    """The orchestrator's idempotency key: SHA-256 hex of ``taskId:userKey``."""
+    return hashlib.sha256(f"{task_id}:{user_key}".encode()).hexdigest()
+
+
+class PipeweaveFactory:
+    """Builds rows of every PipeWeave table through ``db``; each method returns the row."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._prefix = uuid.uuid4().hex[:6]
+        self._numbers = itertools.count(1)
+
+    def unique_id(self, kind: str) -> str:
+        return f"{kind}-{self._prefix}-{next(self._numbers)}"
+
+    def service(self, **overrides: Any) -> Row:
+        values: dict[str, Any] = {
+            "id": self.unique_id("svc"),
+            "version": "1.0.0",
+            "base_url": "http://127.0.0.1:8080",
+            "status": "active",
+            "last_heartbeat": _now(),
+            "metadata": {},
+        }
+        return self._insert("services", values, overrides)
+
+    def task(self, *, service: Row | None = None, **overrides: Any) -> Row:
+        task_id = overrides.get("id") or self.unique_id("task")
+        if "service_id" not in overrides:
+            overrides["service_id"] = (service or self.service())["id"]
+        values: dict[str, Any] = {
+            "id": task_id,
+            "code_hash": code_hash({"task": task_id, "version": 1}),
+            "code_version": 1,
+            "allowed_next": [],
+            "metadata": {},
+        }
+        return self._insert("tasks", values, overrides)
+
+    def task_code_history(self, *, task: Row | None = None, **overrides: Any) -> Row:
+        if "task_id" not in overrides:
+            task = task or self.task()
+            overrides["task_id"] = task["id"]
+        values: dict[str, Any] = {
+            "code_version": task["code_version"] if task else 1,
+            "code_hash": task["code_hash"] if task else code_hash(overrides["task_id"]),
+            "service_version": "1.0.0",
+        }
+        return self._insert("task_code_history", values, overrides)
+
+    def pipeline(self, **overrides: Any) -> Row:
+        pipeline_id = overrides.get("id") or self.unique_id("pipeline")
+        values: dict[str, Any] = {
+            "id": pipeline_id,
+            "name": pipeline_id,
+            "entry_tasks": ["start"],
+            "structure": {"nodes": [{"id": "start"}], "edges": []},
+            "metadata": {},
+        }
+        return self._insert("pipelines", values, overrides)
+
+    def pipeline_run(self, *, pipeline: Row | None = None, **overrides: Any) -> Row:
+        if "pipeline_id" not in overrides:
+            pipeline = pipeline or self.pipeline()
+            overrides["pipeline_id"] = pipeline["id"]
+        status = overrides.get("status", "running")
+        values: dict[str, Any] = {
+            "id": self.unique_id("prun"),
+            "pipeline_version": pipeline["version"] if pipeline else "1.0.0",
+            "structure_snapshot": pipeline["structure"] if pipeline else {},
+            "status": status,
+            "started_at": None if status == "pending" else _now(),
+            "completed_at": _now()
+            if status in ("completed", "failed", "cancelled", "partial")
+            else None,
+            "error": "a task run failed" if status == "failed" else None,
+            "metadata": {},
+        }
+        return self._insert("pipeline_runs", values, overrides)
+
+    def task_run(
+        self, *, task: Row | None = None, pipeline_run: Row | None = None, **overrides: Any
+    ) -> Row:
+        if "task_id" not in overrides:
+            task = task or self.task()
+            overrides["task_id"] = task["id"]
+        if "pipeline_run_id" not in overrides:
+            overrides["pipeline_run_id"] = (pipeline_run or self.pipeline_run())["id"]
+        status = overrides.get("status", "pending")
+        now = _now()
+        values: dict[str, Any] = {
+            "id": self.unique_id("trun"),
+            "code_version": task["code_version"] if task else 1,
+            "code_hash": task["code_hash"] if task else code_hash(overrides["task_id"]),
+            "status": status,
+            "attempt": 1,
+            "max_retries": task["retries"] if task else 3,
+            "started_at": None if status in ("pending", "waiting") else now - timedelta(seconds=5),
+            "heartbeat_at": now if status == "running" else None,
+            "completed_at": now if status in _FINISHED else None,
+            "output_path": f"outputs/{overrides['task_id']}.json"
+            if status == "completed"
+            else None,
+            "error": {"failed": "task raised", "timeout": "heartbeat timeout"}.get(status),
+            "assets": {},
+            "upstream_refs": {},
+            "previous_attempts": [],
+            "metadata": {},
+        }
+        return self._insert("task_runs", values, overrides)
+
+    def dlq_entry(self, *, task_run: Row | None = None, **overrides: Any) -> Row:
+        if "task_run_id" not in overrides:
+            task_run = task_run or self.task_run(status="failed")
+        source = task_run or {}
+        values: dict[str, Any] = {
+            "id": self.unique_id("dlq"),
+            "task_run_id": source.get("id"),
+            "task_id": source.get("task_id"),
+            "pipeline_run_id": source.get("pipeline_run_id"),
+            "code_version": source.get("code_version", 1),
+            "code_hash": source.get("code_hash", "0" * 16),
+            "error": source.get("error") or "task raised",
+            "attempts": source.get("attempt", 1),
+            "input_path": source.get("input_path"),
+            "upstream_refs": source.get("upstream_refs") or {},
+            "previous_attempts": source.get("previous_attempts") or [],
+            "metadata": {},
+        }
+        return self._insert("dlq", values, overrides)
+
+    def cache_entry(
+        self, *, task_run: Row | None = None, ttl_seconds: int | None = None, **overrides: Any
+    ) -> Row:
+        """An idempotency cache entry for a completed run; ``expires_at`` in the past = expired."""
+        if "task_run_id" not in overrides:
+            task_run = task_run or self.task_run(status="completed")
+        source = task_run or {}
+        task_id = overrides.get("task_id") or source.get("task_id") or self.unique_id("task")
+        ttl = DEFAULT_IDEMPOTENCY_TTL if ttl_seconds is None else ttl_seconds
+        values: dict[str, Any] = {
+            "idempotency_key": idempotency_key(task_id, self.unique_id("key")),
+            "task_id": task_id,
+            "task_run_id": source.get("id"),
+            "code_version": source.get("code_version", 1),
+            "output_path": source.get("output_path") or f"outputs/{task_id}.json",
+            "assets": {},
+            "expires_at": _now() + timedelta(seconds=ttl),
+        }
+        return self._insert("idempotency_cache", values, overrides)
+
+    def _insert(self, table: str, values: dict[str, Any], overrides: dict[str, Any]) -> Row:
+        row = {**values, **overrides}
+        params = [Jsonb(v) if k in _JSONB_COLUMNS and v is not None else v for k, v in row.items()]
+        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING *").format(
+            sql.Identifier(table),
+            sql.SQL(", ").join(map(sql.Identifier, row)),
+            sql.SQL(", ").join(sql.Placeholder() * len(row)),
+        )
+        return self.db.one(statement, params)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

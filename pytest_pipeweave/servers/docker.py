@@ -1,0 +1,172 @@
+"""The docker backend: testcontainers' PostgresContainer, with the same speed settings.
+
+Containers carry labels naming their run and host, so a later run can remove the containers of
+runs that died (SIGKILL gives no chance to clean up) and never anyone else's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from pytest_pipeweave.runs import wait_until
+from pytest_pipeweave.servers.base import ServerInfo, ServerUnavailable
+from pytest_pipeweave.servers.local import SPEED_SETTINGS, SUPERUSER
+
+DEFAULT_IMAGE = "postgres:15"
+RUN_LABEL = "pytest-pipeweave.run"
+HOST_LABEL = "pytest-pipeweave.host"
+_READY_TIMEOUT = 60.0
+
+
+def docker_client(timeout: int = 10) -> Any:
+    """A docker SDK client, or ServerUnavailable saying what is missing."""
+    try:
+        import docker
+    except ImportError:
+        raise ServerUnavailable(
+            "the docker backend needs testcontainers: pip install 'pytest-pipeweave[docker]'"
+        ) from None
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except Exception as exc:
+        raise ServerUnavailable(f"no Docker engine answers: {exc}") from None
+    return client
+
+
+def _postgres_container_class() -> Any:
+    try:
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:
+        try:
+            from testcontainers.postgres import PostgresContainer
+        except ImportError:
+            raise ServerUnavailable(
+                "the docker backend needs testcontainers: pip install 'pytest-pipeweave[docker]'"
+            ) from None
+    return PostgresContainer
+
+
+def docker_available() -> bool:
+    """True when the docker SDK is installed and an engine answers (checked quickly)."""
+    if not (os.environ.get("DOCKER_HOST") or os.path.exists("/var/run/docker.sock")):
+        return False
+    try:
+        docker_client(timeout=3)
+    except ServerUnavailable:
+        return False
+    return True
+
+
+class DockerServer:
+    """A postgres container, removed by ``stop()`` (also after a failure or Ctrl-C)."""
+
+    backend = "docker"
+
+    def __init__(
+        self,
+        image: str = DEFAULT_IMAGE,
+        run_key: str = "",
+        run_is_dead: Callable[[str], bool] = lambda key: False,
+    ) -> None:
+        self.image = image
+        self.run_key = run_key
+        self.run_is_dead = run_is_dead
+        self.container_id: str | None = None
+
+    def start(self) -> ServerInfo:
+        client = docker_client()
+        remove_leftover_containers(client, self.run_is_dead)
+        PostgresContainer = _postgres_container_class()
+        password = secrets.token_urlsafe(18)
+        settings = " ".join(f"-c {name}={value}" for name, value in SPEED_SETTINGS.items())
+        container = (
+            PostgresContainer(
+                self.image, username=SUPERUSER, password=password, dbname="postgres", driver=None
+            )
+            .with_command(f"postgres {settings}")
+            .with_kwargs(labels={RUN_LABEL: self.run_key, HOST_LABEL: socket.gethostname()})
+        )
+        try:
+            container.start()
+        except BaseException as exc:
+            inner = getattr(container, "_container", None)
+            if inner is not None:
+                self.container_id = inner.id
+                self.stop()
+            if isinstance(exc, Exception):
+                raise ServerUnavailable(f"the {self.image} container did not start: {exc}") from exc
+            raise
+        self.container_id = container.get_wrapped_container().id
+        try:
+            info = self._info(container, password)
+        except BaseException:
+            self.stop()
+            raise
+        return info
+
+    def _info(self, container: Any, password: str) -> ServerInfo:
+        port = int(container.get_exposed_port(5432))
+        # A local engine publishes on this machine: use loopback, not a gateway address.
+        docker_host = os.environ.get("DOCKER_HOST", "")
+        remote = docker_host.startswith(("tcp://", "ssh://", "http"))
+        host = container.get_container_host_ip() if remote else "127.0.0.1"
+        info = ServerInfo(self.backend, host, port, SUPERUSER, password)
+        versions: list[str] = []
+
+        def answers() -> bool:
+            try:
+                with psycopg.connect(info.url(), connect_timeout=3) as conn:
+                    row = conn.execute("SHOW server_version").fetchone()
+                    versions.append(str(row[0]).split()[0] if row else "")
+            except psycopg.OperationalError:
+                return False
+            return True
+
+        if not wait_until(answers, _READY_TIMEOUT, interval=0.05):
+            raise ServerUnavailable(f"the {self.image} container did not answer on {host}:{port}")
+        return ServerInfo(self.backend, host, port, SUPERUSER, password, version=versions[-1])
+
+    def stop(self) -> None:
+        if self.container_id is None:
+            return
+        with contextlib.suppress(Exception):
+            docker_client().containers.get(self.container_id).remove(force=True, v=True)
+        self.container_id = None
+
+    def is_alive(self) -> bool:
+        if self.container_id is None:
+            return False
+        try:
+            return bool(docker_client().containers.get(self.container_id).status == "running")
+        except Exception:
+            return False
+
+    def to_state(self) -> dict[str, Any]:
+        return {"backend": self.backend, "container_id": self.container_id}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> DockerServer:
+        server = cls()
+        server.container_id = state.get("container_id")
+        return server
+
+
+def remove_leftover_containers(client: Any, run_is_dead: Callable[[str], bool]) -> list[str]:
+    """Remove containers labelled by a run on this host that has ended."""
+    removed = []
+    here = socket.gethostname()
+    for container in client.containers.list(all=True, filters={"label": RUN_LABEL}):
+        labels = container.labels or {}
+        if labels.get(HOST_LABEL) == here and run_is_dead(labels.get(RUN_LABEL, "")):
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
+                removed.append(container.id)
+    return removed

