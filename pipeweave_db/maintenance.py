@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeweave_db.database import Database
@@ -34,7 +34,8 @@ _DELETE_EXPIRED_CACHE = """
         WHERE expires_at < %s LIMIT %s FOR UPDATE SKIP LOCKED)"""
 _DELETE_OLD_DLQ = """
     DELETE FROM dlq WHERE id IN (
-        SELECT id FROM dlq WHERE failed_at < %s LIMIT %s FOR UPDATE SKIP LOCKED)"""
+        SELECT id FROM dlq WHERE failed_at < %s::timestamptz - make_interval(days => %s)
+        LIMIT %s FOR UPDATE SKIP LOCKED)"""
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,7 @@ def cleanup(
 def cleanup_expired_cache(db: Database, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     """Delete idempotency cache entries that expired before now; return how many."""
     _whole_number(batch_size, "batch_size", 1)
-    cutoff: datetime = db.one("SELECT now() AS cutoff")["cutoff"]
-    return _delete_in_batches(db, _DELETE_EXPIRED_CACHE, cutoff, batch_size)
+    return _delete_in_batches(db, _DELETE_EXPIRED_CACHE, [_start(db)], batch_size)
 
 
 def cleanup_old_dlq(
@@ -76,17 +76,22 @@ def cleanup_old_dlq(
     """Delete DLQ entries that failed more than ``retention_days`` ago; return how many."""
     days = _whole_number(retention_days, "dlq_retention_days", 0)
     _whole_number(batch_size, "batch_size", 1)
-    cutoff: datetime = db.one(
-        "SELECT now() - make_interval(days => %s) AS cutoff",
-        [min(days, _MAX_RETENTION_DAYS)],
-    )["cutoff"]
+    # The retention is subtracted by PostgreSQL: a cut-off thousands of years back is valid
+    # there, not in Python's datetime.
+    cutoff = [_start(db), min(days, _MAX_RETENTION_DAYS)]
     return _delete_in_batches(db, _DELETE_OLD_DLQ, cutoff, batch_size)
 
 
-def _delete_in_batches(db: Database, statement: str, cutoff: datetime, batch_size: int) -> int:
+def _start(db: Database) -> datetime:
+    # clock_timestamp(), not now(): inside a transaction now() is when it began.
+    start: datetime = db.one("SELECT clock_timestamp() AS start")["start"]
+    return start
+
+
+def _delete_in_batches(db: Database, statement: str, cutoff: list[Any], batch_size: int) -> int:
     total = 0
     while True:
-        deleted = db.result(statement, [cutoff, batch_size])
+        deleted = db.result(statement, [*cutoff, batch_size])
         total += deleted
         if deleted < batch_size:
             return total
