@@ -1,0 +1,28 @@
+"""Helpers shared by the project's tests, built on the project's own plugin."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from hypothesis import settings
+from psycopg import sql
+
+from pytest_pipeweave import ServerInfo, drop_database
+
+settings.register_profile("ci", max_examples=10_000, deadline=None)
+settings.register_profile("dev", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+def empty_database_url(pipeweave_server: ServerInfo) -> Iterator[str]:
+    """A new, empty database (no PipeWeave schema), dropped after the test."""
+    name = f"pw_empty_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pipeweave_server.url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    yield pipeweave_server.url(name)
+    drop_database(pipeweave_server, name)
