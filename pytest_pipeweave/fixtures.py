@@ -71,11 +71,10 @@ def _pipeweave_worker_database(
     shared = session.shared
     assert shared is not None
     template = shared.template(pipeweave_template_setup)
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     database = WorkerDatabase(
         pipeweave_server,
         template,
-        database_name(shared.run.key, worker),
+        database_name(shared.run.key, session.worker),
         comment=owner_comment(str(shared.run.path)),
     )
     database.create()

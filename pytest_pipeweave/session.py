@@ -10,7 +10,7 @@ from pipeweave_db import mask_url
 from pytest_pipeweave.runs import STATE_FILE
 from pytest_pipeweave.servers import ServerInfo, ServerUnavailable
 from pytest_pipeweave.settings import Settings
-from pytest_pipeweave.shared import SharedServer, run_key_from_environment
+from pytest_pipeweave.shared import SharedServer
 
 _KEY = pytest.StashKey["PipeweaveSession"]()
 
@@ -18,15 +18,28 @@ _KEY = pytest.StashKey["PipeweaveSession"]()
 class PipeweaveSession:
     """Starts (or joins) the run's server on first use; leaves it when pytest finishes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, run_key: str | None, worker: str) -> None:
         self.settings = settings
+        self.run_key = run_key
+        self.worker = worker
         self.shared: SharedServer | None = None
         self.error: ServerUnavailable | None = None
         self.databases: list[str] = []
 
     @classmethod
     def install(cls, config: pytest.Config, settings: Settings) -> PipeweaveSession:
-        session = cls(settings)
+        """Under pytest-xdist, the workers of one session share its run key.
+
+        Read from ``workerinput``, not from PYTEST_XDIST_* variables: a pytest started from
+        inside a worker inherits those, and must not join the outer run.
+        """
+        workerinput = getattr(config, "workerinput", None)
+        if workerinput is not None:
+            session = cls(
+                settings, str(workerinput["testrunuid"])[:12], str(workerinput["workerid"])
+            )
+        else:
+            session = cls(settings, None, "main")
         config.stash[_KEY] = session
         return session
 
@@ -40,7 +53,7 @@ class PipeweaveSession:
             raise self.error
         if self.shared is not None and self.shared.info is not None:
             return self.shared.info
-        self.shared = SharedServer(self.settings, run_key_from_environment())
+        self.shared = SharedServer(self.settings, self.run_key)
         try:
             return self.shared.acquire()
         except ServerUnavailable as exc:

@@ -9,7 +9,6 @@ it. Before starting, the leftovers of dead runs are removed (see ``runs``).
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -190,9 +189,3 @@ def remove_dead_runs(base: Path, exclude: str | None = None) -> list[str]:
             ):
                 lock.unlink()
     return removed
-
-
-def run_key_from_environment() -> str | None:
-    """The key shared by all pytest-xdist workers of one session (None outside xdist)."""
-    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    return uid[:12] if uid else None
