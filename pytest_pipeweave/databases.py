@@ -155,19 +155,16 @@ class WorkerDatabase:
     def connection(self) -> psycopg.Connection[Any]:
         """The shared autocommit connection, reopened if a test closed or broke it."""
         if self._conn is None or self._conn.closed or self._conn.broken:
-            try:
+            with self._gone_on_failure():
                 self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-            except psycopg.OperationalError as exc:
-                raise ServerGone(
-                    f"the {self.server.backend} test server stopped answering ({_first_line(exc)})"
-                ) from None
         return self._conn
 
     @contextlib.contextmanager
     def rolled_back(self) -> Iterator[Database]:
         """A Database inside a transaction on the shared connection, rolled back at the end.
 
-        A server that died since the last test shows here, as ServerGone, not as a hang.
+        BEGIN doubles as a liveness check: a server that died since the last test shows here,
+        as ServerGone, not as a hang or a confusing error inside the test.
         """
         conn = self.connection()
         stack = contextlib.ExitStack()
@@ -175,7 +172,8 @@ class WorkerDatabase:
             stack.enter_context(conn.transaction(force_rollback=True))
         except psycopg.OperationalError:
             conn = self.connection()
-            stack.enter_context(conn.transaction(force_rollback=True))
+            with self._gone_on_failure():
+                stack.enter_context(conn.transaction(force_rollback=True))
         try:
             with stack:
                 yield Database.bound(conn)
@@ -185,32 +183,44 @@ class WorkerDatabase:
 
     def committed(self) -> Database:
         """A Database over the shared pool: its statements commit for real."""
-        try:
-            self.connection().execute("SELECT 1")
-        except psycopg.OperationalError:
-            self.connection()
-        if self._snapshot is None:
-            self._snapshot = DatabaseSnapshot.capture(self.connection())
-        if self._pool is None:
-            self._pool = ConnectionPool(
-                self.url,
-                min_size=1,
-                max_size=10,
-                kwargs={"autocommit": True},
-                check=ConnectionPool.check_connection,
-                timeout=10,
-                open=True,
-            )
+        with self._gone_on_failure():
+            conn = self.connection()
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.OperationalError:
+                conn = self.connection()
+            if self._snapshot is None:
+                self._snapshot = DatabaseSnapshot.capture(conn)
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=10,
+                    kwargs={"autocommit": True},
+                    check=ConnectionPool.check_connection,
+                    timeout=10,
+                    open=True,
+                )
         return Database.from_pool(self._pool)
 
     def reset(self) -> None:
         """Back to the template's state after a committed test: restore, else clone again."""
         assert self._snapshot is not None
-        if not self._snapshot.restore(self.connection()):
-            self.close()
-            drop_database(self.server, self.name)
-            self.create()
-            self._snapshot = None
+        with self._gone_on_failure():
+            if not self._snapshot.restore(self.connection()):
+                self.close()
+                drop_database(self.server, self.name)
+                self.create()
+                self._snapshot = None
+
+    @contextlib.contextmanager
+    def _gone_on_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            raise ServerGone(
+                f"the {self.server.backend} test server stopped answering ({_first_line(exc)})"
+            ) from None
 
     def close(self) -> None:
         if self._pool is not None:
@@ -222,7 +232,9 @@ class WorkerDatabase:
 
     def drop(self) -> None:
         self.close()
-        drop_database(self.server, self.name)
+        # A server that died took the database with it: nothing is left to drop.
+        with contextlib.suppress(psycopg.OperationalError):
+            drop_database(self.server, self.name)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,7 +16,8 @@ The chain, each link overridable in a conftest (as pytest-django's ``django_db_s
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -33,6 +34,7 @@ from pytest_pipeweave.seed import SeedData, seed_database
 from pytest_pipeweave.servers import ServerInfo, ServerUnavailable
 from pytest_pipeweave.session import PipeweaveSession
 
+T = TypeVar("T")
 COMMITTED_FIXTURES = ("pipeweave_database_committed", "pipeweave_env")
 # Variables that would send create_database_from_env() somewhere else than the test database.
 _CLEARED_VARIABLES = ("AUTO_INIT_DB", "NODE_ENV", "PIPEWEAVE_ENV")
@@ -42,13 +44,23 @@ def _session(request: pytest.FixtureRequest) -> PipeweaveSession:
     return PipeweaveSession.of(request.config)
 
 
+def _fail_if_gone(step: Callable[[], T]) -> T:
+    """``step()``, or a one-line test failure (not a traceback) when the server is gone."""
+    try:
+        return step()
+    except ServerGone as exc:
+        error = exc
+    pytest.fail(f"pipeweave: {error}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def pipeweave_server(request: pytest.FixtureRequest) -> ServerInfo:
     """The PostgreSQL server of this test run, shared by all pytest-xdist workers."""
     try:
         return _session(request).server()
     except ServerUnavailable as exc:
-        pytest.fail(f"pipeweave: {exc}", pytrace=False)
+        error = exc
+    pytest.fail(f"pipeweave: {error}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -113,8 +125,10 @@ def pipeweave_database(
     try:
         with _pipeweave_worker_database.rolled_back() as db:
             yield db
+            return
     except ServerGone as exc:
-        pytest.fail(f"pipeweave: {exc}", pytrace=False)
+        error = exc
+    pytest.fail(f"pipeweave: {error}", pytrace=False)
 
 
 @pytest.fixture
@@ -125,13 +139,10 @@ def pipeweave_database_committed(
 
     After the test the database is put back to its template state.
     """
-    try:
-        db = _pipeweave_worker_database.committed()
-    except ServerGone as exc:
-        pytest.fail(f"pipeweave: {exc}", pytrace=False)
+    db = _fail_if_gone(_pipeweave_worker_database.committed)
     yield db
     db.close()
-    _pipeweave_worker_database.reset()
+    _fail_if_gone(_pipeweave_worker_database.reset)
 
 
 @pytest.fixture
