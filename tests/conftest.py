@@ -26,3 +26,15 @@ def empty_database_url(pipeweave_server: ServerInfo) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
     yield pipeweave_server.url(name)
     drop_database(pipeweave_server, name)
+
+
+@pytest.fixture
+def pipeweave_inner_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For inner pytest runs: no plugin settings inherited from the outer run, and misleading
+    DB_* variables that ``pipeweave_env`` must clear (a socket folder that does not exist)."""
+    for name in list(os.environ):
+        if name.startswith(("PIPEWEAVE_", "PYTEST_XDIST", "PYTEST_ADDOPTS")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DB_HOST", "/nonexistent-pipeweave-socket-dir")
+    monkeypatch.setenv("DB_NAME", "wrong")
+    monkeypatch.setenv("DB_USER", "wrong")

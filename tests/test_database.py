@@ -39,7 +39,7 @@ def db(
 
 
 def count(db: Database, table: str = "services") -> int:
-    return int(db.one(f"SELECT count(*) AS n FROM {table}")["n"])  # noqa: S608
+    return int(db.one(f"SELECT count(*) AS n FROM {table}")["n"])
 
 
 # -- the seed's query examples and pg-promise's cardinality rules -------------------------------

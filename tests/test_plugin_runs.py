@@ -1,0 +1,355 @@
+"""Whole runs: options, report lines, xdist, the url backend, keep, leftovers, a dying server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import pytest_pipeweave.servers as servers
+from pytest_pipeweave import LocalServer, ServerInfo
+from pytest_pipeweave.runs import base_dir, process_alive, wait_until
+from pytest_pipeweave.servers.local import find_pg_bin
+
+pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
+
+DB_TEST = """
+def test_db(pipeweave_database):
+    assert pipeweave_database.one("SELECT count(*) AS n FROM services")["n"] == 0
+"""
+
+
+def run(pytester: pytest.Pytester, *args: str, timeout: float = 120) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=timeout)
+
+
+def postmaster_pid(info: ServerInfo | dict[str, str]) -> int:
+    socket_dir = info.socket_dir if isinstance(info, ServerInfo) else info["socket_dir"]
+    assert socket_dir is not None
+    text = (Path(socket_dir).parent / "data" / "postmaster.pid").read_text()
+    return int(text.split("\n", 1)[0])
+
+
+# -- options and report lines ----------------------------------------------------------------
+
+
+def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
+    result = run(pytester, "--help")
+    for option in ("backend", "url", "image", "pg-bin", "keep"):
+        result.stdout.fnmatch_lines([f"*--pipeweave-{option}*"])
+    result.stdout.fnmatch_lines(["*PIPEWEAVE_TEST_DATABASE_URL*", "*pipeweave_backend*"])
+
+
+def test_header_says_backend_version_and_startup_time(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(DB_TEST)
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "pipeweave: backend local (auto), PostgreSQL *",
+            "collected 1 item",
+            "pipeweave: local server PostgreSQL * started in *.* s *",
+        ]
+    )
+
+
+def test_no_server_is_started_when_no_test_needs_one(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain(): pass")
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    assert "started in" not in result.stdout.str()
+
+
+def test_unknown_backend_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(DB_TEST)
+    result = run(pytester, "--pipeweave-backend=oracle")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown backend 'oracle'*auto, local, docker, url*"])
+
+
+def test_command_line_beats_environment_beats_ini(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini("[pytest]\npipeweave_backend = url\n")
+    pytester.makepyfile(DB_TEST)
+    result = run(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*the url backend needs --pipeweave-url*"])
+    monkeypatch.setenv("PIPEWEAVE_BACKEND", "local")
+    run(pytester).assert_outcomes(passed=1)
+    result = run(pytester, "--pipeweave-backend=url")
+    result.assert_outcomes(errors=1)
+
+
+def test_bad_pg_bin(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(DB_TEST)
+    result = run(pytester, "--pipeweave-backend=local", "--pipeweave-pg-bin=/nonexistent")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*no initdb and postgres binaries in --pipeweave-pg-bin /nonexistent*"]
+    )
+
+
+def test_clear_error_when_no_backend_is_available(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In-process run, so that binary and Docker discovery can be made to find nothing.
+    monkeypatch.setattr(servers, "find_pg_bin", lambda explicit=None: None)
+    monkeypatch.setattr(servers, "docker_available", lambda: False)
+    pytester.makepyfile(DB_TEST)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*no PostgreSQL server available*--pipeweave-url*PostgreSQL binaries*Docker engine*"]
+    )
+
+
+# -- pytest-xdist --------------------------------------------------------------------------------
+
+
+def test_xdist_workers_share_one_server(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    pytester.makepyfile(
+        f"""
+        import pathlib, pytest
+
+        @pytest.mark.parametrize("i", range(12))
+        def test_worker(i, worker_id, pipeweave_server, pipeweave_database_url, pipeweave_database):
+            pipeweave_database.none(
+                "INSERT INTO services (id, version, base_url) VALUES (%s, '1', 'u')", [str(i)])
+            assert pipeweave_database.one("SELECT count(*) AS n FROM services")["n"] == 1
+            pathlib.Path({str(seen)!r}, f"{{worker_id}}-{{i}}").write_text(
+                f"{{pipeweave_server.port}} {{pipeweave_database_url}}")
+        """
+    )
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(passed=12)
+    records = {p.name.split("-")[0]: p.read_text().split() for p in seen.iterdir()}
+    assert set(records) == {"gw0", "gw1"}
+    assert len({port for port, _ in records.values()}) == 1, "one server for both workers"
+    assert len({url for _, url in records.values()}) == 2, "one database per worker"
+    port = int(next(iter(records.values()))[0])
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(host="127.0.0.1", port=port, user="postgres", connect_timeout=3)
+
+
+# -- the url backend -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def existing_server() -> Iterator[ServerInfo]:
+    """A server started outside any pytest run, standing for a CI service container."""
+    bin_dir = find_pg_bin()
+    assert bin_dir is not None
+    server = LocalServer(
+        bin_dir,
+        base_dir() / f"test-existing-{uuid.uuid4().hex[:8]}",
+        cache_dir=base_dir() / "cache",
+    )
+    info = server.start()
+    with psycopg.connect(info.url(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE bystander")
+    with psycopg.connect(info.url("bystander"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE precious (v text); INSERT INTO precious VALUES ('untouched')")
+    yield info
+    server.stop()
+
+
+def databases(info: ServerInfo) -> set[str]:
+    with psycopg.connect(info.url(), autocommit=True) as conn:
+        return {row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()}
+
+
+def test_url_backend_creates_and_drops_only_its_own_databases(
+    pytester: pytest.Pytester, existing_server: ServerInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = databases(existing_server)
+    pytester.makepyfile(
+        """
+        def test_on_existing_server(pipeweave_server, pipeweave_database, pipeweave_database_url):
+            assert pipeweave_server.backend == "url"
+            assert "pytest_pipeweave_" in pipeweave_database_url
+            pipeweave_database.none(
+                "INSERT INTO services (id, version, base_url) VALUES ('a', '1', 'u')")
+
+        def test_committed(pipeweave_database_committed):
+            pipeweave_database_committed.none(
+                "INSERT INTO services (id, version, base_url) VALUES ('b', '1', 'u')")
+        """
+    )
+    url = existing_server.tcp_url("postgres")
+    run(pytester, f"--pipeweave-url={url}").assert_outcomes(passed=2)
+    # The environment variable alone selects the url backend under auto.
+    monkeypatch.setenv("PIPEWEAVE_TEST_DATABASE_URL", url)
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(passed=2)
+    assert databases(existing_server) == before
+    with psycopg.connect(existing_server.url("bystander")) as conn:
+        assert conn.execute("SELECT v FROM precious").fetchall() == [("untouched",)]
+
+
+# -- keep, leftovers, a dying server --------------------------------------------------------------
+
+
+WAITING_TEST = """
+import json, pathlib, time
+
+def test_wait(pipeweave_server, pipeweave_database_url):
+    info = {{"socket_dir": pipeweave_server.socket_dir, "url": pipeweave_database_url,
+            "backend": pipeweave_server.backend, "port": pipeweave_server.port}}
+    pathlib.Path({marker!r}).write_text(json.dumps(info))
+    deadline = time.monotonic() + 120
+    while not pathlib.Path({release!r}).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+class WaitingRun:
+    """An inner pytest run that holds its server until released (or killed)."""
+
+    def __init__(self, pytester: pytest.Pytester, tmp_path: Path, *args: str) -> None:
+        name = f"waiting_{uuid.uuid4().hex[:6]}"
+        self.marker = tmp_path / f"{name}.json"
+        self.release = tmp_path / f"{name}.release"
+        test_file = pytester.makepyfile(
+            **{
+                f"test_{name}": WAITING_TEST.format(
+                    marker=str(self.marker), release=str(self.release)
+                )
+            }
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(test_file), *args],
+            cwd=pytester.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        if not wait_until(self.marker.exists, 60):
+            self.process.kill()
+            raise AssertionError(f"the inner run never reached its test: {self.process.stdout}")
+        self.info: dict[str, str] = json.loads(self.marker.read_text())
+
+    def finish(self) -> str:
+        self.release.write_text("")
+        out, _ = self.process.communicate(timeout=60)
+        return out
+
+
+def test_sigkilled_run_leaves_nothing_that_breaks_the_next(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    killed = WaitingRun(pytester, tmp_path)
+    pid = postmaster_pid(killed.info)
+    run_dir = Path(killed.info["socket_dir"]).parents[1]
+    os.kill(killed.process.pid, signal.SIGKILL)
+    killed.process.wait()
+    assert process_alive(pid), "a SIGKILLed run cannot stop its server"
+    assert run_dir.exists()
+
+    live = WaitingRun(pytester, tmp_path)  # the next run, still going: its server is not a leftover
+    assert wait_until(lambda: not process_alive(pid), 10), (
+        "the next run stopped the dead run's server"
+    )
+    assert not run_dir.exists()
+
+    db_test = pytester.makepyfile(test_db=DB_TEST)
+    run(pytester, str(db_test)).assert_outcomes(passed=1)
+    assert process_alive(postmaster_pid(live.info)), "a live run's server is never taken"
+    assert "1 passed" in live.finish()
+
+
+def test_url_backend_drops_databases_of_killed_runs(
+    pytester: pytest.Pytester, tmp_path: Path, existing_server: ServerInfo
+) -> None:
+    before = databases(existing_server)
+    url = existing_server.tcp_url("postgres")
+    killed = WaitingRun(pytester, tmp_path, f"--pipeweave-url={url}")
+    leftovers = databases(existing_server) - before
+    assert len(leftovers) == 2  # the template and the clone
+    os.kill(killed.process.pid, signal.SIGKILL)
+    killed.process.wait()
+    db_test = pytester.makepyfile(test_db=DB_TEST)
+    run(pytester, str(db_test), f"--pipeweave-url={url}").assert_outcomes(passed=1)
+    assert databases(existing_server) == before
+
+
+def test_keep_leaves_the_server_running(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_write(pipeweave_database_committed):
+            pipeweave_database_committed.none(
+                "INSERT INTO services (id, version, base_url) VALUES ('kept', '1', 'u')")
+        """
+    )
+    result = run(pytester, "--pipeweave-keep")
+    result.assert_outcomes(passed=1)
+    output = result.stdout.str()
+    url = re.search(r"server kept running: psql '([^']+)'", output)
+    stop = re.search(r"to stop it: (.+)", output)
+    assert url and stop, output
+    try:
+        with psycopg.connect(url.group(1)) as conn:
+            assert conn.execute("SELECT count(*) FROM services").fetchone() == (0,)
+        db_test = pytester.makepyfile(test_db=DB_TEST)
+        run(pytester, str(db_test)).assert_outcomes(passed=1)
+        with psycopg.connect(url.group(1)) as conn:  # another run did not take it
+            conn.execute("SELECT 1")
+    finally:
+        subprocess.run(stop.group(1), shell=True, check=True)
+    assert wait_until(lambda: not _answers(url.group(1)), 10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def test_server_dying_mid_session_fails_tests_fast_and_clearly(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os, pathlib, signal
+
+        def children(pid):
+            found = []
+            for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == pid:
+                    found.append(int(stat.parent.name))
+            return found
+
+        def test_kill_the_server(pipeweave_server, pipeweave_database):
+            # The postmaster and its backends (each in a process group of its own): the whole
+            # server dies, as when its container or machine goes.
+            data = pathlib.Path(pipeweave_server.socket_dir).parent / "data"
+            pid = int((data / "postmaster.pid").read_text().split()[0])
+            for victim in [pid, *children(pid)]:
+                os.kill(victim, signal.SIGKILL)
+
+        def test_rollback_after(pipeweave_database):
+            pass
+
+        def test_committed_after(pipeweave_database_committed):
+            pass
+        """
+    )
+    result = run(pytester, timeout=60)
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(["*pipeweave: the local test server stopped answering*"])
+    assert result.duration < 30
