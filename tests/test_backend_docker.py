@@ -1,0 +1,212 @@
+"""The docker backend end to end: inner pytest runs against a real engine and image.
+
+Skipped when no Docker engine answers (or it lacks the image), unless
+``PIPEWEAVE_REQUIRE_DOCKER=1`` (as in CI), where that is a failure: a CI that silently skipped
+these would prove nothing. ``.ci/provision-docker`` gives a machine the engine and the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from pytest_pipeweave.runs import wait_until
+from pytest_pipeweave.servers.base import ServerUnavailable
+from pytest_pipeweave.servers.docker import DEFAULT_IMAGE, RUN_LABEL, docker_client
+
+IMAGE = os.environ.get("PIPEWEAVE_IMAGE") or DEFAULT_IMAGE
+# Settings of the outer run that would send the inner runs elsewhere.
+_OUTER_SETTINGS = ("PIPEWEAVE_BACKEND", "PIPEWEAVE_TEST_DATABASE_URL", "PIPEWEAVE_KEEP")
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("PIPEWEAVE_REQUIRE_DOCKER") == "1":
+        pytest.fail(
+            f"PIPEWEAVE_REQUIRE_DOCKER=1 but {reason} "
+            f"(DOCKER_HOST={os.environ.get('DOCKER_HOST', '')!r}); "
+            "as root, .ci/provision-docker starts an engine and builds the image",
+            pytrace=False,
+        )
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    """A docker SDK client for an engine that has the image (else skip, or fail in CI)."""
+    problem = None
+    try:
+        client = docker_client(timeout=5)
+        client.images.get(IMAGE)
+    except ServerUnavailable as exc:
+        problem = str(exc)
+    except Exception as exc:
+        problem = f"the engine has no image {IMAGE} ({exc}); nothing can be pulled here"
+    if problem:
+        _unavailable(problem)
+    return client
+
+
+def _labelled(client: Any) -> set[str]:
+    return {c.id for c in client.containers.list(all=True, filters={"label": RUN_LABEL})}
+
+
+def _exists(client: Any, container_id: str) -> bool:
+    return bool(client.containers.list(all=True, filters={"id": container_id}))
+
+
+@pytest.fixture
+def inner(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, engine: Any
+) -> Iterator[Path]:
+    """Inner runs of our own: their run folders under the test's folder, no outer settings.
+
+    Ryuk is off: the plugin's own label-based cleanup is what is under test (and the reaper's
+    image cannot be pulled where there is no registry). Containers the inner runs leave
+    behind are removed afterwards, so a failing test leaves nothing running.
+    """
+    for name in list(os.environ):
+        if name in _OUTER_SETTINGS or name.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS")):
+            monkeypatch.delenv(name)
+    tmpdir = pytester.path / "pipeweave-tmp"
+    tmpdir.mkdir()
+    monkeypatch.setenv("PIPEWEAVE_TMPDIR", str(tmpdir))
+    monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+    yield tmpdir
+    for container in engine.containers.list(all=True, filters={"label": RUN_LABEL}):
+        if (container.labels or {}).get(RUN_LABEL, "").startswith(str(tmpdir)):
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-v", "--pipeweave-backend=docker", *args, timeout=180
+    )
+
+
+INNER_SUITE = """
+import ipaddress
+from pathlib import Path
+
+import docker
+import psycopg
+
+COUNT = "SELECT count(*) AS n FROM services"
+
+
+def test_server_is_a_container_on_loopback(pipeweave_server, pipeweave_database_url):
+    assert pipeweave_server.backend == "docker"
+    assert ipaddress.ip_address(pipeweave_server.host).is_loopback
+    with psycopg.connect(pipeweave_database_url) as conn:
+        assert ipaddress.ip_address(conn.info.hostaddr).is_loopback
+    port = str(pipeweave_server.port)
+    ours = [
+        c.id
+        for c in docker.from_env().containers.list(filters={"label": "pytest-pipeweave.run"})
+        if any(b.get("HostPort") == port for b in c.ports.get("5432/tcp") or [])
+    ]
+    assert len(ours) == 1
+    Path("container-id").write_text(ours[0])
+
+
+def test_rolled_back_write(pipeweave_database):
+    pipeweave_database.none("INSERT INTO services (id, version, base_url) VALUES ('a', '1', 'u')")
+    assert pipeweave_database.one(COUNT)["n"] == 1
+
+
+def test_rolled_back_write_is_gone(pipeweave_database):
+    assert pipeweave_database.one(COUNT)["n"] == 0
+
+
+def test_committed_write_seen_from_another_connection(
+    pipeweave_database_committed, pipeweave_database_url
+):
+    pipeweave_database_committed.none(
+        "INSERT INTO services (id, version, base_url) VALUES ('b', '1', 'u')"
+    )
+    with psycopg.connect(pipeweave_database_url) as other:
+        assert other.execute("SELECT id FROM services").fetchall() == [("b",)]
+
+
+def test_committed_write_is_gone(pipeweave_database):
+    assert pipeweave_database.one(COUNT)["n"] == 0
+"""
+
+
+def test_inner_suite_on_docker_leaves_no_container(
+    pytester: pytest.Pytester, inner: Path, engine: Any
+) -> None:
+    before = _labelled(engine)
+    pytester.makepyfile(INNER_SUITE)
+    result = run(pytester)
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["pipeweave: backend docker, image *", "*docker server*"])
+    assert not _exists(engine, (pytester.path / "container-id").read_text())
+    assert _labelled(engine) - before == set()
+
+
+HOLD = """
+import time
+from pathlib import Path
+
+
+def test_hold(pipeweave_database):
+    Path("ready").write_text("")
+    # Killed from outside long before this ends; bounded so that nothing can hang forever.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+def test_next_run_removes_container_of_killed_run(
+    pytester: pytest.Pytester, inner: Path, engine: Any
+) -> None:
+    before = _labelled(engine)
+    pytester.makepyfile(test_hold=HOLD)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_hold.py"]
+    command += ["--pipeweave-backend=docker", f"--basetemp={pytester.path / 'basetemp-killed'}"]
+    with (pytester.path / "killed.log").open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=pytester.path,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        started = wait_until(
+            lambda: (
+                process.poll() is not None
+                or (bool(_labelled(engine) - before) and (pytester.path / "ready").exists())
+            ),
+            timeout=120,
+            interval=0.05,
+        )
+        assert process.poll() is None, (pytester.path / "killed.log").read_text()
+        assert started, "the inner run had no container after 120 s"
+        leftovers = _labelled(engine) - before
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert len(leftovers) == 1
+    (leftover,) = leftovers
+    assert engine.containers.get(leftover).status == "running", "SIGKILL should leave it behind"
+
+    pytester.makepyfile(test_next="def test_next(pipeweave_server):\n    pass\n")
+    result = run(pytester, "test_next.py")
+    result.assert_outcomes(passed=1)
+    assert not _exists(engine, leftover)
+    assert _labelled(engine) - before == set()
+    assert [p for p in inner.glob("pytest-pipeweave-*/run-*") if p.is_dir()] == []
