@@ -234,24 +234,24 @@ def parse_url(url: str, source: str) -> dict[str, str]:
     _, _, query = url[match.end() :].rpartition("@")[2].partition("?")
     unknown = sorted({key for key, _ in parse_qsl(query)} - _libpq_keywords())
     if unknown:
-        raise ConfigError(f"{source} has an unknown parameter {unknown[0]!r}: {mask_url(url)}")
+        raise ConfigError(f"{source} has an unknown parameter {unknown[0]!r}: {_shown(url)}")
     try:
         params = pg_conninfo.conninfo_to_dict(url)
     except (psycopg.Error, ValueError) as exc:
         raise ConfigError(
-            f"{source} is not a valid PostgreSQL URL ({_libpq_reason(exc)}): {mask_url(url)}"
+            f"{source} is not a valid PostgreSQL URL ({_libpq_reason(exc, url)}): {_shown(url)}"
         ) from None
     result = {key: str(value) for key, value in params.items() if value is not None}
     for host in result.get("host", "").split(","):
         if "@" in host and not is_unix_socket(host, None):
             raise ConfigError(
                 f"{source} has an '@' in its host: percent-encode '@' in the user and "
-                f"password as %40: {mask_url(url)}"
+                f"password as %40: {_shown(url)}"
             )
     for port in result.get("port", "").split(","):
-        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        if port and not (_is_decimal(port) and 1 <= int(port) <= 65535):
             # Not echoed: an unencoded '/' in a password makes libpq read part of it as a port.
-            raise ConfigError(f"{source} has an invalid port: {mask_url(url)}")
+            raise ConfigError(f"{source} has an invalid port: {_shown(url)}")
     if "sslmode" in result:
         result["sslmode"] = ssl_mode(result["sslmode"], f"sslmode in {source}")
     if "connect_timeout" in result:
@@ -263,16 +263,15 @@ def mask_url(url: str) -> str:
     """``url`` with its password replaced by ``***``, even when ``url`` is malformed.
 
     Everything between the user's ``:`` and the last ``@`` is masked, so an unencoded ``@``
-    in a password cannot leak its tail.
+    in a password cannot leak its tail; a missing or odd scheme changes nothing.
     """
-    match = _SCHEME.match(url)
-    if match is None:
-        return _PASSWORD_PARAM.sub(r"\1***", url)
-    head, rest = url[: match.end()], url[match.end() :]
+    head, separator, rest = url.partition("://")
+    if not separator:
+        head, rest = "", url
     at = rest.rfind("@")
     if at != -1 and ":" in rest[:at]:
         rest = rest[: rest.index(":") + 1] + "***" + rest[at:]
-    return head + _PASSWORD_PARAM.sub(r"\1***", rest)
+    return head + separator + _PASSWORD_PARAM.sub(r"\1***", rest)
 
 
 def is_unix_socket(host: str | None, hostaddr: str | None) -> bool:
@@ -287,12 +286,17 @@ def whole_number(value: object, name: str, minimum: int, maximum: int | None = N
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and _is_decimal(value.strip()):
         number = int(value.strip())
     if number is None or number < minimum or (maximum is not None and number > maximum):
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
         raise ConfigError(f"{name} must be a whole number {bounds}, got {value!r}")
     return number
+
+
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '¹' and '٣', which int() refuses or reads."""
+    return text.isascii() and text.isdigit()
 
 
 def ssl_mode(value: object, name: str) -> str:
@@ -331,10 +335,32 @@ def _env_number(
     return default if value is None else whole_number(value, name, minimum, maximum)
 
 
-def _libpq_reason(exc: Exception) -> str:
-    """The first words of libpq's message, cut before the quoted input it echoes."""
-    lines = str(exc).strip().splitlines() or ["malformed"]
-    return lines[0].split(': "', 1)[0].strip()
+def _shown(url: str) -> str:
+    """``url`` fit for a one-line message: password masked, control characters escaped."""
+    return _printable(mask_url(url))
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _libpq_reason(exc: Exception, url: str) -> str:
+    """libpq's message without the input it quotes (which may hold the password)."""
+    reason = _printable(str(exc).strip()) or "malformed"
+    # The password first (it may contain quotes), then every quoted input.
+    secret = _password_candidate(url)
+    if secret:
+        reason = reason.replace(secret, "***")
+    return re.sub(r'"[^"]*"', "…", reason).strip()
+
+
+def _password_candidate(url: str) -> str | None:
+    """What a malformed URL holds where its password would be (see mask_url)."""
+    rest = url.partition("://")[2] or url
+    at = rest.rfind("@")
+    if at == -1 or ":" not in rest[:at]:
+        return None
+    return rest[rest.index(":") + 1 : at] or None
 
 
 @cache
