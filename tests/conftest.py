@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 from hypothesis import settings
 from psycopg import sql
 
-from pytest_pipeweave import ServerInfo, drop_database
+from pytest_pipeweave import LocalServer, ServerInfo, drop_database
+from pytest_pipeweave.runs import base_dir
+from pytest_pipeweave.servers.local import find_pg_bin
 
 settings.register_profile("ci", max_examples=10_000, deadline=None)
 settings.register_profile("dev", max_examples=300, deadline=None)
@@ -40,3 +43,24 @@ def pipeweave_inner_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_HOST", "/nonexistent-pipeweave-socket-dir")
     monkeypatch.setenv("DB_NAME", "wrong")
     monkeypatch.setenv("DB_USER", "wrong")
+
+
+@pytest.fixture
+def start_local_server() -> Iterator[Callable[..., tuple[LocalServer, ServerInfo]]]:
+    """Start servers of the test's own (TLS, password auth, a socket folder...), stopped after.
+
+    Keywords go to LocalServer (settings, hba, password, socket_dir, port).
+    """
+    started: list[LocalServer] = []
+
+    def start(**options: Any) -> tuple[LocalServer, ServerInfo]:
+        bin_dir = find_pg_bin()
+        assert bin_dir is not None
+        workdir = base_dir() / f"test-server-{uuid.uuid4().hex[:8]}"
+        server = LocalServer(bin_dir, workdir, cache_dir=base_dir() / "cache", **options)
+        started.append(server)
+        return server, server.start()
+
+    yield start
+    for server in started:
+        server.stop()

@@ -151,7 +151,8 @@ class LocalServer:
 
     ``settings`` adds postgresql.conf settings (``-c``), ``hba`` replaces pg_hba.conf,
     ``password`` is set for the superuser once the server runs, ``socket_dir`` puts the unix
-    socket somewhere else than ``workdir/socket`` (a Cloud SQL-shaped path, for instance).
+    socket somewhere else than ``workdir/socket`` (a Cloud SQL-shaped path, for instance), and
+    ``port`` fixes the port (the socket is named ``.s.PGSQL.<port>``) instead of a free one.
     """
 
     backend = "local"
@@ -166,6 +167,7 @@ class LocalServer:
         hba: str | None = None,
         password: str | None = None,
         socket_dir: Path | None = None,
+        port: int | None = None,
     ) -> None:
         self.bin_dir = bin_dir
         self.workdir = workdir
@@ -174,9 +176,11 @@ class LocalServer:
         self.hba = hba
         self.password = password
         self.socket_dir = socket_dir or workdir / "socket"
+        self.port = port
         self.pid: int | None = None
         self.warm_start: bool | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._launched_with: tuple[Path, ServerUser] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -195,17 +199,20 @@ class LocalServer:
         self._prepare_data_dir(bin_dir, version_line, user)
         self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         user.chown(self.socket_dir)
-        for _ in range(3):
-            port = free_port()
+        fixed_port = self.port
+        for _ in range(1 if fixed_port else 3):
+            port = fixed_port or free_port()
             self._launch(bin_dir, port, user)
             if self._wait_ready(port):
                 break
-            if "could not bind" not in self.log_tail():
+            if fixed_port or "could not bind" not in self.log_tail():
                 raise ServerUnavailable(
                     f"postgres did not start ({self.log_file}):\n{self.log_tail()}"
                 )
         else:
             raise ServerUnavailable(f"postgres found no free port ({self.log_file})")
+        self.port = port
+        self._launched_with = (bin_dir, user)
         with psycopg.connect(**self._admin_params(port)) as conn:
             version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
             if self.password is not None:
@@ -242,6 +249,17 @@ class LocalServer:
                 wait_until(lambda: not process_alive(pid), 5)
         self.pid = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Launch postgres again on the same data and port: a server coming back after a crash."""
+        if self._launched_with is None or self.port is None:
+            raise ServerUnavailable("restart() needs a server that start() launched")
+        bin_dir, user = self._launched_with
+        self._launch(bin_dir, self.port, user)
+        if not self._wait_ready(self.port):
+            raise ServerUnavailable(
+                f"postgres did not restart ({self.log_file}):\n{self.log_tail()}"
+            )
 
     def is_alive(self) -> bool:
         pid = self.pid or _postmaster_pid(self.data_dir)
