@@ -54,8 +54,15 @@ def engine() -> Any:
     return client
 
 
-def _labelled(client: Any) -> set[str]:
-    return {c.id for c in client.containers.list(all=True, filters={"label": RUN_LABEL})}
+def _containers_of(client: Any, tmpdir: Path) -> set[str]:
+    """Containers of the runs whose folders are under ``tmpdir``: this test's, no one else's
+    (under pytest-xdist, or beside other runs on the machine, other containers come and go)."""
+    prefix = f"{tmpdir}{os.sep}"
+    return {
+        c.id
+        for c in client.containers.list(all=True, filters={"label": RUN_LABEL})
+        if (c.labels or {}).get(RUN_LABEL, "").startswith(prefix)
+    }
 
 
 def _exists(client: Any, container_id: str) -> bool:
@@ -80,10 +87,9 @@ def inner(
     monkeypatch.setenv("PIPEWEAVE_TMPDIR", str(tmpdir))
     monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
     yield tmpdir
-    for container in engine.containers.list(all=True, filters={"label": RUN_LABEL}):
-        if (container.labels or {}).get(RUN_LABEL, "").startswith(str(tmpdir)):
-            with contextlib.suppress(Exception):
-                container.remove(force=True, v=True)
+    for container_id in _containers_of(engine, tmpdir):
+        with contextlib.suppress(Exception):
+            engine.containers.get(container_id).remove(force=True, v=True)
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -144,13 +150,12 @@ def test_committed_write_is_gone(pipeweave_database):
 def test_inner_suite_on_docker_leaves_no_container(
     pytester: pytest.Pytester, inner: Path, engine: Any
 ) -> None:
-    before = _labelled(engine)
     pytester.makepyfile(INNER_SUITE)
     result = run(pytester)
     result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["pipeweave: backend docker, image *", "*docker server*"])
     assert not _exists(engine, (pytester.path / "container-id").read_text())
-    assert _labelled(engine) - before == set()
+    assert _containers_of(engine, inner) == set()
 
 
 HOLD = """
@@ -170,7 +175,6 @@ def test_hold(pipeweave_database):
 def test_next_run_removes_container_of_killed_run(
     pytester: pytest.Pytester, inner: Path, engine: Any
 ) -> None:
-    before = _labelled(engine)
     pytester.makepyfile(test_hold=HOLD)
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_hold.py"]
     command += ["--pipeweave-backend=docker", f"--basetemp={pytester.path / 'basetemp-killed'}"]
@@ -186,14 +190,14 @@ def test_next_run_removes_container_of_killed_run(
         started = wait_until(
             lambda: (
                 process.poll() is not None
-                or (bool(_labelled(engine) - before) and (pytester.path / "ready").exists())
+                or (bool(_containers_of(engine, inner)) and (pytester.path / "ready").exists())
             ),
             timeout=120,
             interval=0.05,
         )
         assert process.poll() is None, (pytester.path / "killed.log").read_text()
         assert started, "the inner run had no container after 120 s"
-        leftovers = _labelled(engine) - before
+        leftovers = _containers_of(engine, inner)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -208,5 +212,5 @@ def test_next_run_removes_container_of_killed_run(
     result = run(pytester, "test_next.py")
     result.assert_outcomes(passed=1)
     assert not _exists(engine, leftover)
-    assert _labelled(engine) - before == set()
+    assert _containers_of(engine, inner) == set()
     assert [p for p in inner.glob("pytest-pipeweave-*/run-*") if p.is_dir()] == []
