@@ -245,7 +245,7 @@ def test_keyword_forms(pipeweave_server: ServerInfo, pipeweave_database_url: str
         port=pipeweave_server.port,
         database=name,
         user=pipeweave_server.user,
-        password="unused-with-trust-auth",
+        password=pipeweave_server.password,
         ssl=False,
         max=3,
         allow_exit_on_idle=False,
@@ -318,7 +318,9 @@ def test_individual_credentials_reach_the_server(
         "DB_PORT": str(pipeweave_server.port),
         "DB_NAME": name,
         "DB_USER": pipeweave_server.user,
-        "NODE_ENV": "production",  # a socket: no SSL even in production
+        "DB_PASS": pipeweave_server.password or "",
     }
+    if pipeweave_server.socket_dir:
+        env["NODE_ENV"] = "production"  # a socket: no SSL even in production
     with create_database_from_env(env) as db:
         assert db.one("SELECT current_database() AS d")["d"] == name
