@@ -51,6 +51,7 @@ SPEED_SETTINGS = {
     "log_min_messages": "warning",
 }
 START_TIMEOUT = 30.0
+MAX_SOCKET_PATH = 107  # sizeof(sun_path) - 1 on Linux
 
 
 @dataclass(frozen=True)
@@ -191,9 +192,20 @@ class LocalServer:
         return self.workdir / "postgres.log"
 
     def start(self) -> ServerInfo:
+        socket_path = self.socket_dir / ".s.PGSQL.65535"
+        if len(str(socket_path).encode()) > MAX_SOCKET_PATH:
+            raise ServerUnavailable(
+                f"the unix socket path {socket_path} would be longer than PostgreSQL allows "
+                f"({MAX_SOCKET_PATH} bytes): set PIPEWEAVE_TMPDIR to a shorter folder"
+            )
         user = server_user()
         self.workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.workdir.chmod(0o755)
+        if not _runnable_by(Path("/bin/test"), user, "-x", str(self.workdir)):
+            raise ServerUnavailable(
+                f"the server user {user.name} cannot reach {self.workdir}: a parent folder "
+                "does not let it through (chmod o+x), or set PIPEWEAVE_TMPDIR elsewhere"
+            )
         bin_dir = usable_bin_dir(self.bin_dir, user, self.cache_dir)
         version_line = binary_version(bin_dir)
         self._prepare_data_dir(bin_dir, version_line, user)
@@ -401,7 +413,7 @@ def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> P
     Binaries in a virtualenv under /root cannot be run by the ``postgres`` user; the whole
     installation (bin, lib, share: PostgreSQL finds them relative to itself) is copied once.
     """
-    if user.is_us or _runnable_by(bin_dir / "postgres", user):
+    if _runnable_by(bin_dir / "postgres", user):
         return bin_dir
     if cache_dir is None:
         raise ServerUnavailable(f"{bin_dir} is not readable by the server user {user.name}")
@@ -430,10 +442,16 @@ def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> P
     return target / relative_bin
 
 
-def _runnable_by(binary: Path, user: ServerUser) -> bool:
+def _runnable_by(binary: Path, user: ServerUser, *args: str) -> bool:
+    """True when ``user`` can run ``binary args`` (default ``--version``) and it succeeds."""
+    if user.is_us:
+        return True
     try:
         out = subprocess.run(
-            [str(binary), "--version"], capture_output=True, timeout=30, **user.popen_kwargs()
+            [str(binary), *(args or ["--version"])],
+            capture_output=True,
+            timeout=30,
+            **user.popen_kwargs(),
         )
     except OSError:
         return False
