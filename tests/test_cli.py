@@ -237,8 +237,8 @@ def test_individual_options_take_missing_parts_from_db_variables(
     pipeweave_database_url: str,
     pipeweave_database_committed: Database,
 ) -> None:
-    env = clean_env(DB_HOST="127.0.0.1", DB_PORT=str(pipeweave_server.port))
-    env.update(DB_USER=pipeweave_server.user, DB_NAME="not_this_one")
+    _, env = connection_form("env-individual", pipeweave_server, pipeweave_database_url)
+    env["DB_NAME"] = "not_this_one"
     result = run("status", "--database", dbname_of(pipeweave_database_url), env=env)
     assert (result.code, result.stdout) == (0, UP_TO_DATE_STATUS)
 
@@ -964,8 +964,8 @@ def test_db_with_nothing_configured_exits_2() -> None:
 def test_db_passes_both_methods(
     pipeweave_server: ServerInfo, pipeweave_database_url: str, pipeweave_env: dict[str, str]
 ) -> None:
-    env = {**pipeweave_env, "DB_HOST": "127.0.0.1", "DB_PORT": str(pipeweave_server.port)}
-    env.update(DB_NAME=dbname_of(pipeweave_database_url), DB_USER=pipeweave_server.user)
+    _, env = connection_form("env-individual", pipeweave_server, pipeweave_database_url)
+    env["DATABASE_URL"] = pipeweave_env["DATABASE_URL"]
     result = run_test_db(env=env)
     assert result.code == 0, result.output
     sections = result.stdout.split("\n\n")
@@ -973,7 +973,7 @@ def test_db_passes_both_methods(
     schema = f"  Schema initialized: yes (schema version {LATEST.version})"
     for section in sections[:2]:
         lines = section.splitlines()
-        assert lines[1].startswith("PASS  postgresql://postgres@")
+        assert lines[1].startswith(f"PASS  postgresql://{pipeweave_server.user}")
         assert lines[2].startswith(version)
         assert lines[3] == schema
     assert sections[2] == "Result: 2 passed, 0 failed, 0 skipped\n"
@@ -999,8 +999,8 @@ def test_db_one_failure_exits_1_and_masks_passwords(
     pipeweave_server: ServerInfo, pipeweave_database_url: str
 ) -> None:
     url = refused_url()
-    env = clean_env(DATABASE_URL=url, DB_HOST="127.0.0.1", DB_PORT=str(pipeweave_server.port))
-    env.update(DB_NAME=dbname_of(pipeweave_database_url), DB_USER=pipeweave_server.user)
+    _, env = connection_form("env-individual", pipeweave_server, pipeweave_database_url)
+    env["DATABASE_URL"] = url
     result = run_test_db(env=env, secrets=[REFUSED_PASSWORD])
     assert result.code == 1
     failed = result.stdout.split("\n\n")[0].splitlines()
