@@ -28,14 +28,17 @@ DEFAULT_DLQ_RETENTION_DAYS = 30
 # make_interval takes a 32-bit day count; beyond ~2,700 years every retention is the same.
 _MAX_RETENTION_DAYS = 1_000_000
 
+# "= ANY(ARRAY(subquery))", not "IN (subquery)": with IN the planner joins the batch to the
+# whole table (a hash join over a sequential scan, ~80 ms a batch on a million rows); with an
+# array it looks the batch's keys up in the primary key (benchmarks/: 4x the rows per second).
 _DELETE_EXPIRED_CACHE = """
-    DELETE FROM idempotency_cache WHERE idempotency_key IN (
+    DELETE FROM idempotency_cache WHERE idempotency_key = ANY(ARRAY(
         SELECT idempotency_key FROM idempotency_cache
-        WHERE expires_at < %s LIMIT %s FOR UPDATE SKIP LOCKED)"""
+        WHERE expires_at < %s LIMIT %s FOR UPDATE SKIP LOCKED))"""
 _DELETE_OLD_DLQ = """
-    DELETE FROM dlq WHERE id IN (
+    DELETE FROM dlq WHERE id = ANY(ARRAY(
         SELECT id FROM dlq WHERE failed_at < %s::timestamptz - make_interval(days => %s)
-        LIMIT %s FOR UPDATE SKIP LOCKED)"""
+        LIMIT %s FOR UPDATE SKIP LOCKED))"""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -88,6 +89,21 @@ def test_an_interrupted_cleanup_leaves_consistent_tables_and_a_rerun_finishes(
     batch = 2_000
     errors: list[BaseException] = []
     victim = create_database(pipeweave_config, application_name="cleanup-victim", max=1)
+    # A batch takes a millisecond or two: rather than race it, hold the victim before its fourth
+    # batch, lock the table so that batch waits inside its DELETE, and kill it there.
+    paused, resume = threading.Event(), threading.Event()
+    batches = 0
+    run_batch = victim.result
+
+    def result(query: Any, params: Any = None) -> int:
+        nonlocal batches
+        batches += 1
+        if batches == 4:
+            paused.set()
+            resume.wait(30)
+        return run_batch(query, params)
+
+    victim.result = result  # type: ignore[method-assign]
 
     def run_cleanup() -> None:
         try:
@@ -98,14 +114,24 @@ def test_an_interrupted_cleanup_leaves_consistent_tables_and_a_rerun_finishes(
     worker = threading.Thread(target=run_cleanup)
     worker.start()
     remaining = lambda: db.one("SELECT count(*) AS n FROM idempotency_cache")["n"]  # noqa: E731
-    assert wait_until(lambda: remaining() < 201_000 - 3 * batch, 30), "cleanup made progress"
-    killed = db.one(
-        "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity"
-        " WHERE application_name = 'cleanup-victim'"
-    )
-    assert killed == {"killed": True}
+    assert paused.wait(30), "cleanup made progress"
+    with psycopg.connect(pipeweave_config.conninfo()) as blocker:
+        blocker.execute("LOCK TABLE idempotency_cache IN ACCESS EXCLUSIVE MODE")
+        resume.set()
+        waiting = (
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE application_name = 'cleanup-victim' AND wait_event_type = 'Lock'"
+        )
+        assert wait_until(lambda: db.one(waiting)["n"] == 1, 30), "the batch waits for the lock"
+        killed = db.one(
+            "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity"
+            " WHERE application_name = 'cleanup-victim'"
+        )
+        assert killed == {"killed": True}
+        blocker.rollback()
     worker.join(timeout=30)
     assert errors and isinstance(errors[0], psycopg.OperationalError), errors
+    del victim.result  # the rerun below runs every batch
 
     expired_left = db.one("SELECT count(*) AS n FROM idempotency_cache WHERE expires_at < now()")[
         "n"
