@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -83,6 +84,24 @@ def process_alive(pid: int, started: str | None = None) -> bool:
         return os.name != "posix" or not Path("/proc/self/stat").exists()
     state, start = fields
     return state not in ("Z", "X") and (started is None or start == started)
+
+
+def process_arguments(pid: int) -> list[str]:
+    """The command line of ``pid``: /proc on Linux, ``ps`` elsewhere (macOS); [] if gone.
+
+    ``ps`` joins the arguments with spaces, so its answer is one string: enough to find a path.
+    """
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [out.stdout.strip()] if out.returncode == 0 else []
 
 
 def _start_time(pid: int) -> str | None:

@@ -32,7 +32,9 @@ from pytest_pipeweave.servers import (
 )
 from pytest_pipeweave.settings import Settings
 
-_STALE_LOCK_SECONDS = 3600
+# A run's lock file outlives its folder (a waiting worker may hold it open); once nobody can be
+# waiting, it is clutter.
+_STALE_LOCK_SECONDS = 60
 
 
 class SharedServer:

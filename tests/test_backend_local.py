@@ -14,6 +14,7 @@ import pytest
 
 from pytest_pipeweave import LocalServer
 from pytest_pipeweave.runs import base_dir, process_alive
+from pytest_pipeweave.servers import local
 from pytest_pipeweave.servers.local import find_pg_bin, server_user
 
 
@@ -116,3 +117,27 @@ def test_stop_never_signals_a_process_that_is_not_its_server(workdir: Path) -> N
     LocalServer.from_state({"workdir": str(workdir / "server")}).stop()
     assert process_alive(os.getpid())
     assert not (workdir / "server").exists()
+
+
+def test_another_process_recognises_the_server_with_or_without_proc(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last xdist worker out stops a server another worker started: it knows it only by
+    its state. Linux answers from /proc; macOS from ps, as one joined string."""
+    bin_dir = find_pg_bin()
+    assert bin_dir is not None
+    server = LocalServer(bin_dir, workdir / "server", cache_dir=workdir / "cache")
+    server.start()
+    try:
+        stranger = LocalServer.from_state(server.to_state())
+        assert stranger.is_alive()
+        joined = " ".join(local.process_arguments(server.pid or 0))
+        monkeypatch.setattr(local, "process_arguments", lambda pid: [joined])
+        assert stranger.is_alive()
+        other = LocalServer.from_state({**server.to_state(), "workdir": str(workdir / "other")})
+        other.pid = server.pid
+        assert not other.is_alive(), "the same pid serving another folder is not ours"
+        stranger.stop()
+        assert not process_alive(server.pid or 0)
+    finally:
+        server.stop()

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from pytest_pipeweave.runs import process_alive, wait_until
+from pytest_pipeweave.runs import process_alive, process_arguments, wait_until
 from pytest_pipeweave.servers.base import ServerInfo, ServerUnavailable
 
 SUPERUSER = "postgres"
@@ -392,11 +392,11 @@ class LocalServer:
         """True when ``pid`` is a live postgres serving this data folder (never another one)."""
         if not process_alive(pid):
             return False
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return self._process is not None and self._process.pid == pid
-        return str(self.data_dir).encode() in cmdline
+        if self._process is not None and self._process.pid == pid:
+            return True
+        data = str(self.data_dir)
+        # One argument each on Linux; one joined string from ps elsewhere.
+        return any(arg == data or f"-D {data} " in f"{arg} " for arg in process_arguments(pid))
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
