@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -64,3 +66,19 @@ def start_local_server() -> Iterator[Callable[..., tuple[LocalServer, ServerInfo
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def server_folder() -> Iterator[Callable[[str], Path]]:
+    """Folders the server user can read (certificates, socket folders), removed after."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        folder = base_dir() / f"test-{name}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir(mode=0o755)
+        made.append(folder)
+        return folder
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)

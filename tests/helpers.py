@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import uuid
 from pathlib import Path
 
 from pytest_pipeweave import LocalServer
-from pytest_pipeweave.runs import base_dir, process_alive, wait_until
+from pytest_pipeweave.runs import process_alive, wait_until
 from pytest_pipeweave.servers.local import server_user
 
 
@@ -25,13 +24,6 @@ def kill_server(server: LocalServer) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not any(process_alive(pid) for pid in pids), 10)
-
-
-def server_owned_folder(name: str) -> Path:
-    """A folder (under our base folder) whose files the server user may read: certs, keys."""
-    folder = base_dir() / f"test-{name}-{uuid.uuid4().hex[:8]}"
-    folder.mkdir(mode=0o755)
-    return folder
 
 
 def give_to_server_user(path: Path, mode: int) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 import trustme
-from helpers import give_to_server_user, server_owned_folder
+from helpers import give_to_server_user
 
 from pipeweave_db import create_database, create_database_from_env
 from pytest_pipeweave import LocalServer, ServerInfo
@@ -34,11 +34,11 @@ def uses_ssl(env: dict[str, str]) -> bool:
 
 
 @pytest.fixture
-def tls(start_local_server: StartServer) -> dict[str, Any]:
+def tls(start_local_server: StartServer, server_folder: Callable[[str], Path]) -> dict[str, Any]:
     """A server that accepts TCP connections over SSL only, its certificate signed by a test CA
     for the name "localhost" (not for the address 127.0.0.1)."""
     ca, other_ca = trustme.CA(), trustme.CA()
-    folder = server_owned_folder("tls")
+    folder = server_folder("tls")
     cert = ca.issue_cert("localhost")
     cert.private_key_pem.write_to_path(str(folder / "server.key"))
     cert.cert_chain_pems[0].write_to_path(str(folder / "server.crt"))
@@ -159,10 +159,10 @@ def test_wrong_password_is_refused_without_showing_it(start_local_server: StartS
 
 
 @pytest.fixture
-def cloud_sql(start_local_server: StartServer) -> Path:
+def cloud_sql(start_local_server: StartServer, server_folder: Callable[[str], Path]) -> Path:
     """A server listening only on <dir>/project:region:instance/.s.PGSQL.5432, as Cloud SQL's
     proxy does (no TCP, so port 5432 is free to name the socket)."""
-    instance = server_owned_folder("cloudsql") / "project:region:instance"
+    instance = server_folder("cloudsql") / "project:region:instance"
     start_local_server(
         socket_dir=instance,
         port=5432,
