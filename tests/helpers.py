@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_pipeweave import LocalServer
@@ -29,3 +35,69 @@ def kill_server(server: LocalServer) -> None:
 def give_to_server_user(path: Path, mode: int) -> None:
     path.chmod(mode)
     server_user().chown(path)
+
+
+# -- the console scripts ------------------------------------------------------------------------
+
+BIN_DIR = Path(sys.executable).parent
+PIPEWEAVE_DB = shutil.which("pipeweave-db", path=str(BIN_DIR))
+PIPEWEAVE_TEST_DB = shutil.which("pipeweave-test-db", path=str(BIN_DIR))
+# Variables that would point a command somewhere else than where a test points it.
+_FOREIGN_VARIABLES = ("DATABASE_URL", "NODE_ENV", "PIPEWEAVE_ENV", "AUTO_INIT_DB")
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def json(self) -> dict[str, object]:
+        lines = self.stdout.splitlines()
+        assert len(lines) == 1, f"expected one JSON line on stdout, got {self.stdout!r}"
+        payload = json.loads(lines[0])
+        assert isinstance(payload, dict)
+        return payload
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """This process's environment without any database settings, plus ``variables``."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("DB_", "PG")) and name not in _FOREIGN_VARIABLES
+    }
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.update(variables)
+    return env
+
+
+def run(
+    *args: str,
+    env: dict[str, str],
+    secrets: Sequence[str] = (),
+    program: str | None = PIPEWEAVE_DB,
+) -> Run:
+    """Run a console script; fail on a traceback or on any of ``secrets`` in its output."""
+    assert program is not None
+    completed = subprocess.run(
+        [program, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        encoding="utf-8",
+        timeout=120,
+    )
+    result = Run(completed.returncode, completed.stdout, completed.stderr)
+    assert "Traceback" not in result.output, result.output
+    for secret in secrets:
+        assert secret not in result.output, f"password {secret!r} printed"
+    return result
+
+
+def run_test_db(*args: str, env: dict[str, str], secrets: Sequence[str] = ()) -> Run:
+    return run(*args, env=env, secrets=secrets, program=PIPEWEAVE_TEST_DB)

@@ -7,19 +7,15 @@ for a traceback and, when the test knows a password, for that password in any ou
 
 from __future__ import annotations
 
-import json
 import os
 import pty
-import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import BIN_DIR, PIPEWEAVE_DB, PIPEWEAVE_TEST_DB, Run, clean_env, run, run_test_db
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -35,9 +31,6 @@ from pytest_pipeweave import LocalServer, SeedData, ServerInfo
 from pytest_pipeweave.runs import base_dir
 from pytest_pipeweave.servers.local import find_pg_bin, free_port
 
-BIN_DIR = Path(sys.executable).parent
-PIPEWEAVE_DB = shutil.which("pipeweave-db", path=str(BIN_DIR))
-PIPEWEAVE_TEST_DB = shutil.which("pipeweave-test-db", path=str(BIN_DIR))
 COMMANDS = ("init", "status", "reset", "cleanup", "migrate")
 JSON_COMMANDS = ("init", "status", "cleanup", "migrate")
 # What each command needs besides the connection to run without asking anything.
@@ -47,70 +40,11 @@ MIGRATION_LABELS = [m.label for m in load_migrations()]
 SCRAM_PASSWORD = "scram-secret-8d1f"
 REFUSED_PASSWORD = "refused-secret-77b2"
 REFUSED_HINT = "Hint: Ensure PostgreSQL is running"
-# Variables that would point a command somewhere else than where a test points it.
-_FOREIGN_VARIABLES = ("DATABASE_URL", "NODE_ENV", "PIPEWEAVE_ENV", "AUTO_INIT_DB")
 
 pytestmark = pytest.mark.skipif(
     PIPEWEAVE_DB is None or PIPEWEAVE_TEST_DB is None,
     reason=f"the console scripts are not installed in {BIN_DIR}",
 )
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-    def json(self) -> dict[str, object]:
-        lines = self.stdout.splitlines()
-        assert len(lines) == 1, f"expected one JSON line on stdout, got {self.stdout!r}"
-        payload = json.loads(lines[0])
-        assert isinstance(payload, dict)
-        return payload
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    """This process's environment without any database settings, plus ``variables``."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("DB_", "PG")) and name not in _FOREIGN_VARIABLES
-    }
-    env["PYTHONIOENCODING"] = "utf-8"
-    env.update(variables)
-    return env
-
-
-def run(
-    *args: str,
-    env: dict[str, str],
-    secrets: Sequence[str] = (),
-    program: str | None = PIPEWEAVE_DB,
-) -> Run:
-    """Run a console script; fail on a traceback or on any of ``secrets`` in its output."""
-    assert program is not None
-    completed = subprocess.run(
-        [program, *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        encoding="utf-8",
-        timeout=120,
-    )
-    result = Run(completed.returncode, completed.stdout, completed.stderr)
-    assert "Traceback" not in result.output, result.output
-    for secret in secrets:
-        assert secret not in result.output, f"password {secret!r} printed"
-    return result
-
-
-def run_test_db(*args: str, env: dict[str, str], secrets: Sequence[str] = ()) -> Run:
-    return run(*args, env=env, secrets=secrets, program=PIPEWEAVE_TEST_DB)
 
 
 def dbname_of(url: str) -> str:
