@@ -47,22 +47,21 @@ class Database:
     """
 
     def __init__(self, config: DatabaseConfig) -> None:
-        self.config: DatabaseConfig | None = config
-        self._conn: Connection | None = None
-        self._statement_savepoints = False
-        self._owns_pool = True
-        self._verified = False
-        self._closed = False
         pool_class = NullConnectionPool if config.allow_exit_on_idle else ConnectionPool
-        self._pool: ConnectionPool[Connection] | None = pool_class(
+        pool = pool_class(
             config.conninfo(),
             min_size=0,
             max_size=config.max,
             kwargs={"autocommit": True},
             check=ConnectionPool.check_connection,
             timeout=config.timeout,
+            # Connections are made on demand (min_size=0): when the server is gone, stop
+            # retrying after a connect timeout, so that the first request after it is back
+            # connects at once instead of waiting out a backoff meant for long outages.
+            reconnect_timeout=config.timeout,
             open=True,
         )
+        self._attach(config=config, pool=pool, owns_pool=True, verified=False)
 
     @classmethod
     def from_pool(cls, pool: ConnectionPool[Connection]) -> Database:
@@ -71,13 +70,7 @@ class Database:
         The pool's connections should be in autocommit, as ``create_database``'s are.
         """
         db = cls.__new__(cls)
-        db.config = None
-        db._conn = None
-        db._statement_savepoints = False
-        db._pool = pool
-        db._owns_pool = False
-        db._verified = True
-        db._closed = False
+        db._attach(pool=pool)
         return db
 
     @classmethod
@@ -90,14 +83,28 @@ class Database:
         an autocommit connection.
         """
         db = cls.__new__(cls)
-        db.config = None
-        db._conn = connection
-        db._statement_savepoints = statement_savepoints
-        db._pool = None
-        db._owns_pool = False
-        db._verified = True
-        db._closed = False
+        db._attach(conn=connection, statement_savepoints=statement_savepoints)
         return db
+
+    def _attach(
+        self,
+        *,
+        config: DatabaseConfig | None = None,
+        pool: ConnectionPool[Connection] | None = None,
+        conn: Connection | None = None,
+        owns_pool: bool = False,
+        statement_savepoints: bool = False,
+        verified: bool = True,
+    ) -> None:
+        """Where queries go: a pool (owned or not), or one connection."""
+        self.config = config
+        self._pool = pool
+        self._conn = conn
+        self._owns_pool = owns_pool
+        self._statement_savepoints = statement_savepoints
+        # False until a first direct connection has shown the settings work (see _acquire).
+        self._verified = verified
+        self._closed = False
 
     # -- pg-promise's helpers -------------------------------------------------------------
 
@@ -227,9 +234,14 @@ class Database:
         try:
             return pool.getconn()
         except PoolTimeout:
-            if self.config is not None:
-                _connect_directly(self.config)
-            raise
+            if self.config is None:
+                raise
+            _connect_directly(self.config)
+            stats = pool.get_stats()
+            if stats.get("pool_size", 0) >= pool.max_size and not stats.get("pool_available"):
+                raise  # every connection is in use: the pool is too small, not broken
+            # The server answers again: the pool's reconnection gave up just before. Once more.
+            return pool.getconn()
 
 
 def _connect_directly(config: DatabaseConfig) -> None:

@@ -24,6 +24,7 @@ from pipeweave_db import (
     test_connection,
 )
 from pytest_pipeweave import ServerInfo
+from pytest_pipeweave.runs import wait_until
 from pytest_pipeweave.servers.local import free_port
 
 INSERT_SERVICE = "INSERT INTO services (id, version, base_url) VALUES (%s, %s, %s) RETURNING *"
@@ -281,13 +282,16 @@ def test_allow_exit_on_idle_keeps_no_connection(
             ).fetchone()
         return int(row[0])  # type: ignore[index]
 
+    # A closed connection's backend exits a moment later (the first query's probe too): poll.
     with create_database(
         pipeweave_config, application_name="idle-exit", allow_exit_on_idle=True
     ) as db:
         db.one("SELECT 1 AS x")
-        assert connections("idle-exit") == 0
+        assert wait_until(lambda: connections("idle-exit") == 0, 5)
     with create_database(pipeweave_config, application_name="kept", allow_exit_on_idle=False) as db:
         db.one("SELECT 1 AS x")
+        assert wait_until(lambda: connections("kept") == 1, 5)
+        time.sleep(0.2)  # and, idle, it stays open
         assert connections("kept") == 1
 
 
