@@ -63,7 +63,8 @@ def test_a_killed_server_fails_queries_fast_and_the_same_database_recovers(
         for thread in threads:
             thread.join(timeout=CONNECT_TIMEOUT + 10)
     assert not any(thread.is_alive() for thread in threads), "a query hung"
-    assert max(seconds for seconds, _ in failures) < CONNECT_TIMEOUT + 3
+    # The connect timeout, plus slack for a loaded machine: failing, not hanging.
+    assert max(seconds for seconds, _ in failures) < CONNECT_TIMEOUT + 5
     for _, message in failures:
         assert "OperationalError" in message or "AdminShutdown" in message, message
 
