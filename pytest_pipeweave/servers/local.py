@@ -267,6 +267,10 @@ class LocalServer:
         if self._launched_with is None or self.port is None:
             raise ServerUnavailable("restart() needs a server that start() launched")
         bin_dir, user = self._launched_with
+        # Reap the dead postmaster if it was our child: a zombie's pid still "exists", and
+        # postgres would take its postmaster.pid for a running server's.
+        if self._process is not None and self._process.poll() is None:
+            raise ServerUnavailable(f"postgres (pid {self._process.pid}) is still running")
         self._launch(bin_dir, self.port, user)
         if not self._wait_ready(self.port):
             raise ServerUnavailable(
