@@ -144,6 +144,16 @@ def test_factories_write_where_the_test_reads(pytester: pytest.Pytester) -> None
             assert b["error"] == "boom"
             assert a["id"] != b["id"]
 
+        def test_task_runs_in_bulk(pipeweave_factory, pipeweave_database):
+            # 5,000 rows of 17 columns: more parameters than one statement takes.
+            runs = pipeweave_factory.task_runs(5000, status="completed")
+            assert len({run["id"] for run in runs}) == 5000
+            assert {run["task_id"] for run in runs} == {runs[0]["task_id"]}
+            assert runs[0]["completed_at"] is not None and runs[0]["output_path"]
+            assert pipeweave_database.one("SELECT count(*) AS n FROM task_runs")["n"] == 5000
+            assert pipeweave_database.one("SELECT count(*) AS n FROM tasks")["n"] == 1
+            assert pipeweave_factory.task_runs(0) == []
+
         def test_committed_factory(pipeweave_database_committed, pipeweave_factory):
             pipeweave_factory.dlq_entry()
             pipeweave_factory.cache_entry()
@@ -153,7 +163,7 @@ def test_factories_write_where_the_test_reads(pytester: pytest.Pytester) -> None
             assert pipeweave_database.one("SELECT count(*) AS n FROM dlq")["n"] == 0
         """
     )
-    run(pytester).assert_outcomes(passed=4)
+    run(pytester).assert_outcomes(passed=5)
 
 
 def test_seed(pytester: pytest.Pytester) -> None:
