@@ -1,0 +1,1049 @@
+#!/usr/bin/env python3
+"""PipeWeave's test fixtures against pytest-postgresql and testcontainers, side by side.
+
+    python3 benchmarks/run.py              # everything, 3 repetitions (about 10 minutes)
+    python3 benchmarks/run.py --quick      # 2 repetitions, smaller cleanup: a smoke run
+    python3 benchmarks/run.py --only isolation,start
+
+The first run builds a virtualenv (``--work``, default /tmp/pipeweave-bench/venv, outside the
+repository) with this project, pytest-postgresql, testcontainers, pytest-xdist and matplotlib,
+then re-runs itself inside it. Each measurement runs an inner pytest suite (``suite/``) as a
+user would, several times; figures are medians and every ratio compares runs made in the same
+invocation, next to each other. As root, the inner suites run as the unprivileged ``postgres``
+user (PostgreSQL refuses root; pytest-postgresql runs pg_ctl as the current user), ours too,
+so both sides start their servers the same way. Docker figures need a Docker engine (set
+DOCKER_HOST, e.g. after ``bash .ci/provision-docker``) and the ``postgres:15`` image.
+
+Writes ``results/<date>-<host>.json``, ``results/latest.md`` and ``results/per-test-overhead.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import glob
+import hashlib
+import json
+import os
+import platform
+import pwd
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SUITE = HERE / "suite"
+RESULTS = HERE / "results"
+REQUIREMENTS = [
+    "pytest-postgresql>=7",
+    "testcontainers>=4.8",
+    "pytest-xdist>=3.5",
+    "matplotlib>=3.7",
+]
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MEASUREMENTS = ("isolation", "reset", "start", "xdist", "cleanup", "seed")
+IMAGE = os.environ.get("PIPEWEAVE_IMAGE", "postgres:15")
+# pytest-postgresql's process fixture tuned as the local backend is (data on tmpfs, no fsync).
+TUNED_PG_OPTIONS = "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- the virtualenv ---------------------------------------------------------------------------
+
+
+def ensure_venv(work: Path, python: str) -> Path:
+    """``work/venv`` with the project (editable) and the peers; rebuilt when the recipe changes."""
+    venv = work / "venv"
+    recipe = hashlib.sha256(
+        "\n".join([python, *REQUIREMENTS, (REPO / "pyproject.toml").read_text()]).encode()
+    ).hexdigest()[:16]
+    stamp = venv / "pipeweave-bench.recipe"
+    if stamp.is_file() and stamp.read_text() == recipe:
+        return venv
+    say(f"building the virtualenv {venv} (once)")
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-e", str(REPO), *REQUIREMENTS], check=True)
+    stamp.write_text(recipe)
+    return venv
+
+
+# -- running the inner suites -----------------------------------------------------------------
+
+
+class Runner:
+    """Runs one inner pytest suite file and returns what it measured."""
+
+    def __init__(self, work: Path, venv: Path, docker_host: str | None) -> None:
+        self.work = work
+        self.venv = venv
+        self.docker_host = docker_host
+        self.user = inner_user()
+        self.suite = work / "suite"
+        self.out = work / "out"
+        self.logs = work / "logs"
+        self.home = work / "home"
+        shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
+        self.shm = shm
+        self.tmpdir = shm / "pipeweave-bench"  # PIPEWEAVE_TMPDIR of the warm runs
+        for path in (self.out, self.logs, self.home, self.tmpdir):
+            path.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.suite, ignore_errors=True)
+        shutil.copytree(SUITE, self.suite, ignore=shutil.ignore_patterns("__pycache__"))
+        for path in (self.suite, self.out, self.home):
+            self.give(path)
+        # Not recursive: root's own runs (docker) keep their pytest-pipeweave-0 in there.
+        self.give(self.tmpdir, recursive=False)
+        self.bin_dir = pg_bin_dir()
+        self.count = 0
+
+    def give(self, path: Path, recursive: bool = True) -> None:
+        """Hand ``path`` to the inner user; readable by everyone."""
+        path.chmod(0o755)
+        if self.user is not None:
+            flags = ["-R"] if recursive else []
+            subprocess.run(["chown", *flags, f"{self.user}:", str(path)], check=True)
+
+    def fresh_dir(self, prefix: str) -> Path:
+        path = self.shm / f"{prefix}-{uuid.uuid4().hex[:8]}"
+        path.mkdir(mode=0o755)
+        self.give(path)
+        return path
+
+    def pytest(
+        self,
+        test_file: str,
+        *args: str,
+        peer: str = "",
+        docker: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``suite/test_file``: its timing, its extra figures, and its wall-clock time.
+
+        Docker runs stay with the invoking user (the engine's socket is theirs); the others
+        run as the inner user when we are root.
+        """
+        self.count += 1
+        tag = f"{self.count:03d}-{Path(test_file).stem}-{peer or 'ours'}"
+        out, extra = self.out / f"{tag}.json", self.out / f"{tag}.extra.json"
+        variables = {
+            "PATH": f"{self.venv / 'bin'}:{SYSTEM_PATH}",
+            "HOME": str(self.home),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": str(self.suite),
+            "PWB_OUT": str(out),
+            "PWB_EXTRA": str(extra),
+            "PWB_PEER": peer,
+            "PWB_IMAGE": IMAGE,
+            "PIPEWEAVE_TMPDIR": str(self.tmpdir),
+        }
+        if docker:
+            assert self.docker_host is not None
+            variables.update(
+                DOCKER_HOST=self.docker_host,
+                TESTCONTAINERS_RYUK_DISABLED="true",
+                TESTCONTAINERS_CONNECTION_MODE="docker_host",
+            )
+        variables.update(env or {})
+        command = [str(self.venv / "bin" / "python"), "-m", "pytest", test_file]
+        if peer:
+            command += ["-p", "no:pipeweave"]
+        else:
+            command += ["-p", "no:pytest_postgresql", f"--pipeweave-pg-bin={self.bin_dir}"]
+        if peer == "pytest-postgresql":
+            command += [f"--postgresql-exec={self.bin_dir / 'pg_ctl'}"]
+        command += list(args)
+        prefix = ["env", "-i", *(f"{k}={v}" for k, v in variables.items())]
+        if self.user is not None and not docker:
+            prefix = ["runuser", "-u", self.user, "--", *prefix]
+        log = self.logs / f"{tag}.log"
+        started = time.perf_counter()
+        with log.open("w") as handle:
+            done = subprocess.run(
+                prefix + command, cwd=self.suite, stdout=handle, stderr=subprocess.STDOUT
+            )
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"inner run failed (exit {done.returncode}); see {log}")
+        timing = json.loads(out.read_text())
+        extras = json.loads(extra.read_text()) if extra.exists() else {}
+        return {"wall": wall, "timing": timing, "extra": extras}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes have used since boot (/proc/stat), 0 where unknown."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def venv_base_python() -> str:
+    """This interpreter, unless the inner user cannot run it (a pyenv under /root, say)."""
+    user = inner_user()
+    candidates = [sys.executable, "/usr/bin/python3"] if user else [sys.executable]
+    for python in candidates:
+        probe = ["runuser", "-u", user, "--"] if user else []
+        if (
+            subprocess.run([*probe, python, "-c", "import venv"], capture_output=True).returncode
+            == 0
+        ):
+            return python
+    raise SystemExit(f"no Python that user {user} can run: give one with --python")
+
+
+def inner_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    name = os.environ.get("PWB_USER", "postgres")
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise SystemExit(
+            f"running as root needs an unprivileged user {name!r} (PWB_USER)"
+        ) from None
+    return name
+
+
+def pg_bin_dir() -> Path:
+    """The newest PostgreSQL binaries here; both sides use the same ones."""
+    explicit = os.environ.get("PIPEWEAVE_PG_BIN")
+    candidates = [explicit] if explicit else []
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True
+    )
+    if on_path := shutil.which("pg_ctl"):
+        candidates.append(str(Path(on_path).resolve().parent))
+    for candidate in candidates:
+        path = Path(candidate)
+        if all((path / name).exists() for name in ("initdb", "pg_ctl", "postgres")):
+            return path
+    raise SystemExit("no PostgreSQL binaries (initdb, pg_ctl, postgres) found")
+
+
+def docker_host() -> str | None:
+    """The Docker engine to use when one answers and has the image, else None."""
+    host = os.environ.get("DOCKER_HOST")
+    if not host and os.path.exists("/var/run/docker.sock"):
+        host = "unix:///var/run/docker.sock"
+    if not host or not shutil.which("docker"):
+        return None
+    done = subprocess.run(
+        ["docker", "--host", host, "image", "inspect", IMAGE], capture_output=True, timeout=30
+    )
+    return host if done.returncode == 0 else None
+
+
+# -- statistics -------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def phases(timing: dict[str, Any], *names: str) -> list[float]:
+    """Per test, the sum of the given phases (seconds), passed tests only."""
+    return [
+        sum(test.get(name, 0.0) for name in names)
+        for test in timing["tests"].values()
+        if test["outcome"] == "passed"
+    ]
+
+
+def only(timing: dict[str, Any], fragment: str) -> dict[str, Any]:
+    tests = {k: v for k, v in timing["tests"].items() if fragment in k}
+    return {**timing, "tests": tests}
+
+
+class Figures:
+    """Figures (each a list of per-repetition values) and ratios between them."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+        self.meta: dict[str, dict[str, str]] = {}
+        self.ratios: dict[str, list[float]] = {}
+
+    def add(self, key: str, value: float, label: str, unit: str) -> None:
+        self.values.setdefault(key, []).append(value)
+        self.meta[key] = {"label": label, "unit": unit}
+        say(f"  {label}: {show(value, unit)}")
+
+    def ratio(self, key: str, value: float, label: str) -> None:
+        self.ratios.setdefault(key, []).append(value)
+        self.meta[key] = {"label": label, "unit": "x"}
+        say(f"  {label}: {value:.1f}x")
+
+    def median(self, key: str) -> float | None:
+        values = self.values.get(key) or self.ratios.get(key)
+        return median(values) if values else None
+
+
+def show(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "ms":
+        return f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "rows/s":
+        return f"{value:,.0f} rows/s"
+    if unit == "x":
+        return f"{value:.1f}x"
+    if unit == "cores":
+        return f"{value:.2f} cores"
+    return f"{value:g} {unit}"
+
+
+# -- the measurements -------------------------------------------------------------------------
+
+MS = 1000.0
+
+
+def isolation(run: Runner, figs: Figures, repeat: int, docker: bool) -> None:
+    """(1) Per-test cost of the same 200 tests: rolled back (ours) vs a clone per test."""
+    tools = [
+        ("ours", "test_isolation_ours.py", {}),
+        ("pgpg", "test_isolation_pgpg.py", {"peer": "pytest-postgresql"}),
+        ("pgpg_tuned", "test_isolation_pgpg.py", {"peer": "pytest-postgresql", "tuned": True}),
+    ]
+    if docker:
+        tools.append(("tc", "test_isolation_tc.py", {"peer": "testcontainers", "docker": True}))
+    labels = {
+        "ours": "PipeWeave pipeweave_database (rollback)",
+        "pgpg": "pytest-postgresql postgresql (clone per test, defaults)",
+        "pgpg_tuned": "pytest-postgresql postgresql (clone per test, fsync off, tmpfs)",
+        "tc": "testcontainers PostgresContainer + TRUNCATE per test",
+    }
+    for rep in range(repeat):
+        say(f"isolation, repetition {rep + 1}/{repeat}")
+        overhead: dict[str, float] = {}
+        total: dict[str, float] = {}
+        # A different order each time, so that a slow stretch of the machine hits everyone.
+        for name, test_file, options in tools[rep % len(tools) :] + tools[: rep % len(tools)]:
+            result = run_tool(run, test_file, options)
+            timing = result["timing"]
+            overhead[name] = median(phases(timing, "setup", "teardown")) * MS
+            total[name] = median(phases(timing, "setup", "call", "teardown")) * MS
+            figs.add(
+                f"isolation.{name}.overhead_ms",
+                overhead[name],
+                f"{labels[name]}: setup+teardown",
+                "ms",
+            )
+            figs.add(
+                f"isolation.{name}.per_test_ms",
+                total[name],
+                f"{labels[name]}: setup+call+teardown",
+                "ms",
+            )
+        for peer, _, _ in tools[1:]:
+            figs.ratio(
+                f"isolation.{peer}.overhead_ratio",
+                overhead[peer] / overhead["ours"],
+                f"{peer} / ours, setup+teardown",
+            )
+            figs.ratio(
+                f"isolation.{peer}.per_test_ratio",
+                total[peer] / total["ours"],
+                f"{peer} / ours, setup+call+teardown",
+            )
+
+
+def run_tool(run: Runner, test_file: str, options: dict[str, Any]) -> dict[str, Any]:
+    peer = options.get("peer", "")
+    args: list[str] = []
+    if options.get("tuned"):
+        basetemp = run.fresh_dir("pipeweave-bench-pgpg")
+        args = [f"--basetemp={basetemp}", f"--postgresql-postgres-options={TUNED_PG_OPTIONS}"]
+    try:
+        return run.pytest(test_file, *args, peer=peer, docker=options.get("docker", False))
+    finally:
+        if options.get("tuned"):
+            shutil.rmtree(basetemp, ignore_errors=True)
+
+
+def reset(run: Runner, figs: Figures, repeat: int) -> None:
+    """(2) Committed mode's reset vs TRUNCATE of the eight tables vs a template clone."""
+    for rep in range(repeat):
+        say(f"committed reset, repetition {rep + 1}/{repeat}")
+        result = run.pytest("test_committed.py")
+        committed = only(result["timing"], "test_committed[")
+        extra = result["extra"]
+        reset_ms = median(phases(committed, "teardown")) * MS
+        truncate_ms = median(extra["truncate_seconds"]) * MS
+        file_copy_ms = median(extra["clone_file_copy_seconds"]) * MS
+        wal_log_ms = median(extra["clone_wal_log_seconds"]) * MS
+        drop_ms = median(extra["drop_seconds"]) * MS
+        figs.add("reset.ours_ms", reset_ms, "PipeWeave committed reset (teardown)", "ms")
+        figs.add("reset.truncate_ms", truncate_ms, "TRUNCATE of the eight tables", "ms")
+        figs.add("reset.clone_file_copy_ms", file_copy_ms, "clone + connect, FILE_COPY", "ms")
+        figs.add("reset.clone_wal_log_ms", wal_log_ms, "clone + connect, WAL_LOG", "ms")
+        figs.add("reset.drop_ms", drop_ms, "DROP DATABASE of a clone just used", "ms")
+        figs.ratio("reset.truncate_ratio", truncate_ms / reset_ms, "TRUNCATE / ours")
+        figs.ratio("reset.clone_ratio", file_copy_ms / reset_ms, "clone (FILE_COPY) / ours")
+
+
+def start(run: Runner, figs: Figures, repeat: int, docker: bool) -> None:
+    """(3) Session start to the first test's call."""
+    say("start: priming the warm cache (not measured)")
+    run.pytest("test_start_ours.py")
+    for rep in range(repeat):
+        say(f"start, repetition {rep + 1}/{repeat}")
+        cold_dir = run.fresh_dir("pipeweave-bench-cold")
+        try:
+            cold = run.pytest("test_start_ours.py", env={"PIPEWEAVE_TMPDIR": str(cold_dir)})
+        finally:
+            shutil.rmtree(cold_dir, ignore_errors=True)
+        warm = run.pytest("test_start_ours.py")
+        pgpg = run_tool(run, "test_start_pgpg.py", {"peer": "pytest-postgresql"})
+        tuned = run_tool(run, "test_start_pgpg.py", {"peer": "pytest-postgresql", "tuned": True})
+        firsts = {
+            "cold": cold["timing"]["start_to_first_test"],
+            "warm": warm["timing"]["start_to_first_test"],
+            "pgpg": pgpg["timing"]["start_to_first_test"],
+            "pgpg_tuned": tuned["timing"]["start_to_first_test"],
+        }
+        figs.add("start.cold_s", firsts["cold"], "PipeWeave local, cold (no cache)", "s")
+        figs.add("start.warm_s", firsts["warm"], "PipeWeave local, warm (cached cluster)", "s")
+        figs.add(
+            "start.pgpg_s", firsts["pgpg"], "pytest-postgresql postgresql_proc (defaults)", "s"
+        )
+        figs.add(
+            "start.pgpg_tuned_s",
+            firsts["pgpg_tuned"],
+            "pytest-postgresql postgresql_proc (fsync off, tmpfs)",
+            "s",
+        )
+        figs.ratio(
+            "start.pgpg_warm_ratio",
+            firsts["pgpg"] / firsts["warm"],
+            "pytest-postgresql / ours warm",
+        )
+        figs.ratio(
+            "start.pgpg_cold_ratio",
+            firsts["pgpg"] / firsts["cold"],
+            "pytest-postgresql / ours cold",
+        )
+        for key, result in (("cold", cold), ("warm", warm), ("pgpg", pgpg)):
+            figs.add(
+                f"start.{key}_wall_s",
+                result["wall"],
+                f"whole one-test run, {key} (process start to exit)",
+                "s",
+            )
+        if docker:
+            ours = run.pytest("test_start_ours.py", "--pipeweave-backend=docker", docker=True)
+            tc = run.pytest("test_start_tc.py", peer="testcontainers", docker=True)
+            ours_s = ours["timing"]["start_to_first_test"]
+            tc_s = tc["timing"]["start_to_first_test"]
+            figs.add("start.docker_s", ours_s, "PipeWeave docker backend", "s")
+            figs.add("start.tc_s", tc_s, "testcontainers PostgresContainer", "s")
+            figs.ratio("start.tc_docker_ratio", tc_s / ours_s, "testcontainers / ours docker")
+
+
+def xdist(run: Runner, figs: Figures, repeat: int) -> None:
+    """(4) Wall time of a 400-test database-bound suite, -n 0 vs -n 2.
+
+    The same file with 2 tests gives each mode's fixed cost (workers, server, clones), so the
+    speed-up of the tests themselves shows apart from it.
+    """
+    for rep in range(repeat):
+        say(f"xdist, repetition {rep + 1}/{repeat}")
+        walls = {}
+        # What the rest of the machine uses while we are idle, just before: shared machines.
+        busy = machine_busy_seconds()
+        time.sleep(1.0)
+        others_cores = machine_busy_seconds() - busy
+        for tests in ("2", "400"):
+            for workers in ("0", "2"):
+                result = run.pytest("test_xdist.py", "-n", workers, env={"PWB_XDIST_TESTS": tests})
+                walls[tests, workers] = result["wall"]
+                if (tests, workers) == ("400", "0"):
+                    call_ms = median(phases(result["timing"], "call")) * MS
+
+        figs.add("xdist.n0_s", walls["400", "0"], "400 tests, -n 0 (wall)", "s")
+        figs.add("xdist.n2_s", walls["400", "2"], "400 tests, -n 2 (wall)", "s")
+        figs.add("xdist.fixed_n0_s", walls["2", "0"], "2 tests, -n 0 (fixed cost)", "s")
+        figs.add("xdist.fixed_n2_s", walls["2", "2"], "2 tests, -n 2 (fixed cost)", "s")
+        for workers in ("0", "2"):
+            baseline = run.pytest("test_xdist_baseline.py", "-n", workers, peer="none")
+            figs.add(
+                f"xdist.baseline_n{workers}_s",
+                baseline["wall"],
+                f"2 tests without a database, -n {workers} (pytest and xdist alone)",
+                "s",
+            )
+        figs.add("xdist.call_ms", call_ms, "one test's body, median (-n 0)", "ms")
+        figs.add(
+            "xdist.others_cores",
+            others_cores,
+            "cores busy with other processes (1 s just before the runs)",
+            "cores",
+        )
+        figs.ratio("xdist.speedup", walls["400", "0"] / walls["400", "2"], "-n 0 / -n 2, wall")
+        steady = (walls["400", "0"] - walls["2", "0"]) / (walls["400", "2"] - walls["2", "2"])
+        figs.ratio("xdist.steady_speedup", steady, "-n 0 / -n 2, fixed costs taken off")
+
+
+def cleanup(run: Runner, figs: Figures, repeat: int, scale: float) -> None:
+    """(5) cleanup() in batches vs one plain DELETE per table."""
+    say(f"cleanup, {repeat} repetitions in one session")
+    env = {
+        "PWB_CLEANUP_REPEAT": str(repeat),
+        "PWB_EXPIRED_CACHE": str(int(1_000_000 * scale)),
+        "PWB_OLD_DLQ": str(int(200_000 * scale)),
+    }
+    result = run.pytest("test_cleanup.py", env=env)
+    for one in result["extra"]["cleanup_runs"]:
+        rows = one["rows"]
+        figs.add("cleanup.rows", rows, "rows deleted", "rows")
+        figs.add(
+            "cleanup.rows_per_s", rows / one["cleanup_seconds"], "cleanup() in batches", "rows/s"
+        )
+        figs.add(
+            "cleanup.longest_ms",
+            max(one["batch_seconds"]) * MS,
+            "cleanup(): longest statement",
+            "ms",
+        )
+        figs.add(
+            "cleanup.batch_ms",
+            median(one["batch_seconds"]) * MS,
+            "cleanup(): median statement",
+            "ms",
+        )
+        plain = sum(one["plain_seconds"])
+        figs.add("cleanup.plain_rows_per_s", rows / plain, "one plain DELETE per table", "rows/s")
+        figs.add(
+            "cleanup.plain_longest_ms",
+            max(one["plain_seconds"]) * MS,
+            "plain DELETE: longest statement",
+            "ms",
+        )
+        figs.ratio(
+            "cleanup.speed_ratio",
+            (rows / one["cleanup_seconds"]) / (rows / plain),
+            "cleanup() / plain DELETE, rows/s",
+        )
+
+
+def seed(run: Runner, figs: Figures, repeat: int) -> None:
+    """(6) pipeweave_seed's setup, and the factory's task runs per second."""
+    for rep in range(repeat):
+        say(f"seed and factory, repetition {rep + 1}/{repeat}")
+        result = run.pytest("test_seed.py")
+        seeds = only(result["timing"], "test_seed[")
+        extra = result["extra"]
+        rows = extra["factory_rows"]
+        figs.add("seed.setup_ms", median(phases(seeds, "setup")) * MS, "pipeweave_seed setup", "ms")
+        figs.add(
+            "seed.factory_rolled_back_rows_per_s",
+            rows / extra["factory_rolled_back_seconds"],
+            "factory.task_run(), rolled-back database",
+            "rows/s",
+        )
+        figs.add(
+            "seed.factory_committed_rows_per_s",
+            rows / extra["factory_committed_seconds"],
+            "factory.task_run(), committed database",
+            "rows/s",
+        )
+        figs.add(
+            "seed.factory_bulk_rows_per_s",
+            rows / extra["factory_bulk_seconds"],
+            "factory.task_runs(10000), rolled-back database",
+            "rows/s",
+        )
+        figs.add(
+            "seed.bulk_reference_rows_per_s",
+            rows / extra["bulk_reference_seconds"],
+            "reference: the same rows in one executemany",
+            "rows/s",
+        )
+
+
+# -- machine, results, report -----------------------------------------------------------------
+
+
+def machine_info(run: Runner, docker: str | None) -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram_gb = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    postgres = subprocess.run(
+        [str(run.bin_dir / "postgres"), "--version"], capture_output=True, text=True
+    ).stdout.strip()
+    from importlib import metadata
+
+    versions = {}
+    for name in (
+        "pytest-pipeweave",
+        "pytest-postgresql",
+        "testcontainers",
+        "pytest",
+        "pytest-xdist",
+        "psycopg",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": ram_gb,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "postgresql": postgres,
+        "pg_bin": str(run.bin_dir),
+        "docker": f"{docker}, image {IMAGE}" if docker else None,
+        "inner_user": run.user or pwd.getpwuid(os.getuid()).pw_name,
+        "tmpfs": str(run.shm),
+        "git_commit": commit,
+        "versions": versions,
+    }
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+TARGETS: list[dict[str, Any]] = [
+    {
+        "what": "Rollback isolation per test (setup+teardown)",
+        "ours": "isolation.ours.overhead_ms",
+        "peer": "isolation.pgpg.overhead_ms",
+        "peer_name": "pytest-postgresql postgresql",
+        "ratio": "isolation.pgpg.overhead_ratio",
+        "target": "<= 0.5 ms and >= 50x cheaper",
+        "met": lambda f: (
+            f.median("isolation.ours.overhead_ms") <= 0.5
+            and f.median("isolation.pgpg.overhead_ratio") >= 50
+        ),
+    },
+    {
+        "what": "Whole test (setup+call+teardown), same body",
+        "ours": "isolation.ours.per_test_ms",
+        "peer": "isolation.pgpg.per_test_ms",
+        "peer_name": "pytest-postgresql postgresql",
+        "ratio": "isolation.pgpg.per_test_ratio",
+        "target": "",
+    },
+    {
+        "what": "Rollback isolation vs a tuned pytest-postgresql",
+        "ours": "isolation.ours.overhead_ms",
+        "peer": "isolation.pgpg_tuned.overhead_ms",
+        "peer_name": "pytest-postgresql, fsync off, tmpfs",
+        "ratio": "isolation.pgpg_tuned.overhead_ratio",
+        "target": "",
+    },
+    {
+        "what": "Rollback isolation vs testcontainers",
+        "ours": "isolation.ours.overhead_ms",
+        "peer": "isolation.tc.overhead_ms",
+        "peer_name": "testcontainers + TRUNCATE",
+        "ratio": "isolation.tc.overhead_ratio",
+        "target": "",
+    },
+    {
+        "what": "Committed-mode reset per test",
+        "ours": "reset.ours_ms",
+        "peer": "reset.truncate_ms",
+        "peer_name": "TRUNCATE of the eight tables",
+        "ratio": "reset.truncate_ratio",
+        "target": "<= 5 ms",
+        "met": lambda f: f.median("reset.ours_ms") <= 5,
+    },
+    {
+        "what": "Committed-mode reset vs a template clone",
+        "ours": "reset.ours_ms",
+        "peer": "reset.clone_file_copy_ms",
+        "peer_name": "clone + first connection, FILE_COPY; the drop not counted",
+        "ratio": "reset.clone_ratio",
+        "target": "",
+    },
+    {
+        "what": "Session start to first test, warm",
+        "ours": "start.warm_s",
+        "peer": "start.pgpg_s",
+        "peer_name": "pytest-postgresql postgresql_proc",
+        "ratio": "start.pgpg_warm_ratio",
+        "target": "<= 0.6 s, no slower than the peer",
+        "met": lambda f: f.median("start.warm_s") <= 0.6 and f.median("start.pgpg_warm_ratio") >= 1,
+    },
+    {
+        "what": "Session start to first test, cold",
+        "ours": "start.cold_s",
+        "peer": "start.pgpg_s",
+        "peer_name": "pytest-postgresql postgresql_proc",
+        "ratio": "start.pgpg_cold_ratio",
+        "target": "<= 1.5 s, no slower than the peer",
+        "met": lambda f: f.median("start.cold_s") <= 1.5 and f.median("start.pgpg_cold_ratio") >= 1,
+    },
+    {
+        "what": "Session start to first test, docker",
+        "ours": "start.docker_s",
+        "peer": "start.tc_s",
+        "peer_name": "testcontainers PostgresContainer",
+        "ratio": "start.tc_docker_ratio",
+        "target": "",
+    },
+    {
+        "what": "pytest-xdist, 400 database-bound tests",
+        "ours": "xdist.n2_s",
+        "peer": "xdist.n0_s",
+        "peer_name": "the same suite with -n 0",
+        "ratio": "xdist.speedup",
+        "target": ">= 1.6x faster with -n 2",
+        "met": lambda f: f.median("xdist.speedup") >= 1.6,
+    },
+    {
+        "what": "pytest-xdist, the tests alone (fixed costs off)",
+        "ours": "xdist.steady_speedup",
+        "target": "",
+    },
+    {
+        "what": "Other processes' CPU just before the xdist runs",
+        "ours": "xdist.others_cores",
+        "target": "",
+    },
+    {
+        "what": "Cleanup throughput",
+        "ours": "cleanup.rows_per_s",
+        "peer": "cleanup.plain_rows_per_s",
+        "peer_name": "one plain DELETE per table",
+        "ratio": "cleanup.speed_ratio",
+        "target": ">= 200,000 rows/s",
+        "met": lambda f: f.median("cleanup.rows_per_s") >= 200_000,
+    },
+    {
+        "what": "Cleanup, longest single statement",
+        "ours": "cleanup.longest_ms",
+        "peer": "cleanup.plain_longest_ms",
+        "peer_name": "one plain DELETE per table",
+        "ratio": None,
+        "target": "<= 250 ms",
+        "met": lambda f: f.median("cleanup.longest_ms") <= 250,
+    },
+    {
+        "what": "pipeweave_seed (setup of a test using it)",
+        "ours": "seed.setup_ms",
+        "target": "",
+    },
+    {
+        "what": "Factory, 10,000 task runs, rolled back",
+        "ours": "seed.factory_rolled_back_rows_per_s",
+        "target": "",
+    },
+    {
+        "what": "Factory, 10,000 task runs, committed",
+        "ours": "seed.factory_committed_rows_per_s",
+        "target": "",
+    },
+    {
+        "what": "Factory in bulk, factory.task_runs(10000)",
+        "ours": "seed.factory_bulk_rows_per_s",
+        "target": "",
+    },
+    {
+        "what": "Reference: the same rows in one executemany",
+        "ours": "seed.bulk_reference_rows_per_s",
+        "target": "",
+    },
+]
+
+
+def summary_rows(figs: Figures) -> list[dict[str, Any]]:
+    rows = []
+    for target in TARGETS:
+        ours = figs.median(target["ours"])
+        if ours is None or (target.get("peer") and figs.median(target["peer"]) is None):
+            continue
+        peer_key = target.get("peer")
+        ratio_key = target.get("ratio")
+        met = target.get("met")
+        rows.append(
+            {
+                "what": target["what"],
+                "ours": show(ours, figs.meta[target["ours"]]["unit"]),
+                "peer": peer_text(figs, peer_key, target.get("peer_name", "")),
+                "ratio": show(figs.median(ratio_key), "x")
+                if ratio_key and figs.median(ratio_key)
+                else "",
+                "target": target["target"],
+                "met": ("yes" if met(figs) else "NO") if met else "",
+            }
+        )
+    return rows
+
+
+def peer_text(figs: Figures, key: str | None, name: str) -> str:
+    value = figs.median(key) if key else None
+    if key is None or value is None:
+        return ""
+    return f"{show(value, figs.meta[key]['unit'])} ({name})"
+
+
+def markdown(info: dict[str, Any], figs: Figures, rows: list[dict[str, Any]], repeat: int) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {info['date']} on `{info['host']}` by `python3 benchmarks/run.py` "
+        f"({repeat} repetitions; medians; each ratio compares runs of the same invocation).",
+        "",
+        "| machine | |",
+        "|---|---|",
+        f"| CPU | {info['cpu']}, {info['cores']} cores |",
+        f"| RAM | {info['ram_gb']} GB |",
+        f"| OS | {info['os']} |",
+        f"| PostgreSQL | {info['postgresql']} |",
+        f"| Python | {info['python']} |",
+        f"| Docker | {info['docker'] or 'not available: docker figures skipped'} |",
+        f"| load average (1, 5, 15 min), start / end | {info['load_start']} / {info['load_end']} |",
+        f"| inner suites run as | `{info['inner_user']}` |",
+        f"| packages | {', '.join(f'{k} {v}' for k, v in info['versions'].items())} |",
+        f"| commit | {info['git_commit']} |",
+        "",
+        "## Figures against targets",
+        "",
+        "| measurement | PipeWeave | peer | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [row[k] for k in ("what", "ours", "peer", "ratio", "target", "met")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Every figure (median, then each repetition)",
+        "",
+        "| key | what | median | repetitions |",
+        "|---|---|---|---|",
+    ]
+    for key in sorted(figs.meta):
+        values = figs.values.get(key) or figs.ratios.get(key) or []
+        unit = figs.meta[key]["unit"]
+        each = ", ".join(compact(v, unit) for v in values)
+        lines.append(
+            f"| `{key}` | {figs.meta[key]['label']} | {show(median(values), unit)} | {each} |"
+        )
+    lines += ["", "![per-test isolation overhead](per-test-overhead.png)", ""]
+    return "\n".join(lines)
+
+
+def compact(value: float, unit: str) -> str:
+    if unit in ("rows/s", "rows"):
+        return f"{value:,.0f}"
+    if unit == "ms" and value < 10:
+        return f"{value:.3f}"
+    return f"{value:.2f}"
+
+
+def chart(figs: Figures, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [
+        ("PipeWeave: pipeweave_database (rollback)", "isolation.ours.overhead_ms", True),
+        ("PipeWeave: pipeweave_database_committed (reset)", "reset.ours_ms", True),
+        ("TRUNCATE of the eight tables (same server)", "reset.truncate_ms", False),
+        ("testcontainers + TRUNCATE per test", "isolation.tc.overhead_ms", False),
+        (
+            "template clone, FILE_COPY (same server; drop not counted)",
+            "reset.clone_file_copy_ms",
+            False,
+        ),
+        ("pytest-postgresql (fsync off, tmpfs)", "isolation.pgpg_tuned.overhead_ms", False),
+        ("pytest-postgresql postgresql (defaults)", "isolation.pgpg.overhead_ms", False),
+    ]
+    bars = sorted(
+        ((label, figs.median(key), ours) for label, key, ours in bars if figs.median(key)),
+        key=lambda bar: bar[1],
+    )
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(bars) + 1.4), dpi=120)
+    labels = [b[0] for b in bars]
+    values = [b[1] for b in bars]
+    colors = ["#2b7bba" if b[2] else "#b0b0b0" for b in bars]
+    positions = range(len(bars))
+    ax.barh(positions, values, color=colors)
+    ax.set_yticks(list(positions), labels)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("per-test isolation overhead, median ms (log scale; lower is better)")
+    for pos, value in zip(positions, values, strict=True):
+        ax.text(
+            value * 1.08,
+            pos,
+            f"{value:.2f} ms" if value < 10 else f"{value:.0f} ms",
+            va="center",
+            fontsize=9,
+        )
+    ax.set_xlim(min(values) / 2, max(values) * 4)
+    ax.set_title("Per-test isolation overhead: PipeWeave (blue) vs peers")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def replot(path: Path) -> int:
+    data = json.loads(path.read_text())
+    figs = Figures()
+    for key, figure in data["figures"].items():
+        figs.meta[key] = {"label": figure["label"], "unit": figure["unit"]}
+        target = figs.ratios if figure["unit"] == "x" else figs.values
+        target[key] = figure["values"]
+    (RESULTS / "latest.md").write_text(
+        markdown(data["machine"], figs, summary_rows(figs), data["repeat"])
+    )
+    chart(figs, RESULTS / "per-test-overhead.png")
+    say(f"rewrote results/latest.md and results/per-test-overhead.png from {path}")
+    return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repetitions of each measurement (default 3)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 repetitions, a tenth of the cleanup rows"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(MEASUREMENTS),
+        help=f"comma-separated subset of {', '.join(MEASUREMENTS)}",
+    )
+    parser.add_argument(
+        "--work",
+        default=os.environ.get("PWB_WORK", "/tmp/pipeweave-bench"),
+        help="virtualenv and scratch folder (default /tmp/pipeweave-bench)",
+    )
+    parser.add_argument(
+        "--python",
+        default=None,
+        help="interpreter for the virtualenv (default: this one, if the inner user can run it)",
+    )
+    parser.add_argument("--no-docker", action="store_true", help="skip the Docker figures")
+    parser.add_argument(
+        "--replot", metavar="JSON", help="rewrite latest.md and the chart from a results file"
+    )
+    parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="print only; leave results/ alone (implied by --only)",
+    )
+    args = parser.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(MEASUREMENTS)
+    if unknown:
+        parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
+    if args.quick:
+        args.repeat = 2
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.replot and os.environ.get("PWB_IN_VENV") == "1":
+        return replot(Path(args.replot))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)
+    if os.environ.get("PWB_IN_VENV") != "1":
+        venv = ensure_venv(work, args.python or venv_base_python())
+        if os.geteuid() == 0:
+            subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
+        python = str(venv / "bin" / "python")
+        os.execve(python, [python, __file__, *argv], {**os.environ, "PWB_IN_VENV": "1"})
+    venv = Path(sys.prefix)
+    docker = None if args.no_docker else docker_host()
+    run = Runner(work, venv, docker)
+    chosen = args.only.split(",")
+    info: dict[str, Any] = {"date": datetime.date.today().isoformat(), "load_start": load_average()}
+    info.update(machine_info(run, docker))
+    say(f"{info['cpu']}, {info['cores']} cores, {info['ram_gb']} GB; {info['postgresql']}")
+    say(f"docker: {docker or 'not available (set DOCKER_HOST; see .ci/provision-docker)'}")
+    figs = Figures()
+    repeat = args.repeat
+    heavy = max(1, min(repeat, 3))  # the long measurements
+    if "isolation" in chosen:
+        isolation(run, figs, repeat, docker is not None)
+    if "reset" in chosen:
+        reset(run, figs, heavy)
+    if "start" in chosen:
+        start(run, figs, repeat, docker is not None)
+    if "xdist" in chosen:
+        xdist(run, figs, heavy)
+    if "cleanup" in chosen:
+        cleanup(run, figs, heavy, 0.1 if args.quick else 1.0)
+    if "seed" in chosen:
+        seed(run, figs, heavy)
+    info["load_end"] = load_average()
+    rows = summary_rows(figs)
+    print()
+    width = max(len(r["what"]) for r in rows) if rows else 0
+    for row in rows:
+        parts = [row["ours"]]
+        if row["peer"]:
+            parts.append(f"peer {row['peer']}")
+        if row["ratio"]:
+            parts.append(f"ratio {row['ratio']}")
+        if row["target"]:
+            parts.append(f"target {row['target']}: {row['met'] or '-'}")
+        print(f"{row['what']:<{width}}  " + "; ".join(parts))
+    if args.no_write or set(chosen) != set(MEASUREMENTS):
+        return 0
+    RESULTS.mkdir(exist_ok=True)
+    data = {
+        "machine": info,
+        "repeat": repeat,
+        "figures": {
+            key: {
+                **figs.meta[key],
+                "median": figs.median(key),
+                "values": figs.values.get(key) or figs.ratios.get(key),
+            }
+            for key in sorted(figs.meta)
+        },
+        "summary": rows,
+    }
+    json_path = RESULTS / f"{info['date']}-{info['host']}.json"
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "latest.md").write_text(markdown(info, figs, rows, repeat))
+    if any(figs.median(k) for k in ("isolation.ours.overhead_ms", "reset.ours_ms")):
+        chart(figs, RESULTS / "per-test-overhead.png")
+    say(f"wrote {json_path.relative_to(REPO)}, results/latest.md, results/per-test-overhead.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
