@@ -92,10 +92,12 @@ def _pipeweave_worker_database(
     database.create()
     session.databases.append(database.name)
     yield database
-    if session.settings.keep:
-        database.close()
-    else:
+    # A server of the run's own takes its databases with it (a DROP right after disconnecting
+    # can wait ~100 ms for the backend to exit); a server that outlives the run must not keep them.
+    if pipeweave_server.backend == "url" and not session.settings.keep:
         database.drop()
+    else:
+        database.close()
 
 
 @pytest.fixture(scope="session")

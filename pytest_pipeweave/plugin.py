@@ -11,6 +11,7 @@ Each option is read from the command line, else its environment variable, else i
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -128,15 +129,23 @@ def describe_backend(settings: Settings) -> str:
     return f"{chosen}, {mask_url(settings.url or '')}"
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start (or join) the server as soon as the tests that need one are known.
+
+    Before the first test, so that the header can say how long it took; and under
+    pytest-xdist, while the other workers are still starting up, rather than in a test.
+    """
+    config = session.config
+    if config.option.collectonly or not any(_uses_server(item) for item in session.items):
+        return
+    with contextlib.suppress(ServerUnavailable):  # kept, and reported by the fixtures
+        PipeweaveSession.of(config).server()
+
+
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
-    """Start the server now, when tests need it, so that the header can say how long it took."""
-    if config.option.collectonly or not any(_uses_server(item) for item in items):
-        return []
     session = PipeweaveSession.of(config)
-    try:
-        session.server()
-    except ServerUnavailable as exc:
-        return [f"pipeweave: {exc}"]
+    if session.error is not None:
+        return [f"pipeweave: {session.error}"]
     report = session.report()
     return [f"pipeweave: {describe_start(report)}"] if report else []
 
