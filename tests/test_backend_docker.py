@@ -214,3 +214,37 @@ def test_next_run_removes_container_of_killed_run(
     assert not _exists(engine, leftover)
     assert _containers_of(engine, inner) == set()
     assert [p for p in inner.glob("pytest-pipeweave-*/run-*") if p.is_dir()] == []
+
+
+@pytest.mark.parametrize("moment", ["start-up", "test"])
+def test_ctrl_c_removes_the_container(
+    pytester: pytest.Pytester, inner: Path, engine: Any, moment: str
+) -> None:
+    pytester.makepyfile(test_hold=HOLD)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "test_hold.py",
+            "--pipeweave-backend=docker",
+        ],
+        cwd=pytester.path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if moment == "start-up":  # the container exists, the server does not answer yet
+        reached = lambda: bool(_containers_of(engine, inner))  # noqa: E731
+    else:
+        reached = (pytester.path / "ready").exists
+    assert wait_until(lambda: reached() or process.poll() is not None, 120, interval=0.01)
+    assert process.poll() is None, process.communicate()[0]
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode != 0, out
+    assert _containers_of(engine, inner) == set(), out
+    assert not [p for p in inner.glob("pytest-pipeweave-*/run-*") if p.is_dir()], out
