@@ -162,6 +162,9 @@ def describe_start(report: dict[str, Any]) -> str:
     return f"{report['backend']} server PostgreSQL {report['version']} {how}"
 
 
+_REPORTS = pytest.StashKey[list[dict[str, Any]]]()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     pipeweave = PipeweaveSession.of(session.config)
@@ -174,14 +177,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     pipeweave.finish()
 
 
-_REPORTS = pytest.StashKey[list[dict[str, Any]]]()
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_REPORTS] = []
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown where xdist is not installed
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """pytest-xdist: keep what each worker says of the server for the summary."""
     report = getattr(node, "workeroutput", {}).get("pipeweave")

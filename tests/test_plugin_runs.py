@@ -353,3 +353,9 @@ def test_server_dying_mid_session_fails_tests_fast_and_clearly(pytester: pytest.
     result.assert_outcomes(passed=1, errors=2)
     result.stdout.fnmatch_lines(["*pipeweave: the local test server stopped answering*"])
     assert result.duration < 30
+
+
+def test_works_without_pytest_xdist(pytester: pytest.Pytester) -> None:
+    """xdist is optional: without it, its hooks are unknown to pytest and must not break runs."""
+    pytester.makepyfile(DB_TEST)
+    run(pytester, "-p", "no:xdist").assert_outcomes(passed=1)
