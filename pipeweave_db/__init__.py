@@ -1,5 +1,7 @@
 """PipeWeave's PostgreSQL database: configuration, connection, schema and maintenance."""
 
+from importlib import metadata
+
 from pipeweave_db.config import DatabaseConfig, config_from_env, mask_url
 from pipeweave_db.database import (
     Database,
@@ -36,7 +38,10 @@ from pipeweave_db.schema import (
     schema_status,
 )
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("pytest-pipeweave")
+except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "PIPEWEAVE_TABLES",
