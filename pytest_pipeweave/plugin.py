@@ -180,6 +180,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_REPORTS] = []
+    pipeweave = PipeweaveSession.of(session.config)
+    if pipeweave.worker == "controller" and not session.config.option.collectonly:
+        pipeweave.reserve()  # before the workers exist; see shared.py
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown where xdist is not installed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -38,6 +39,10 @@ class PipeweaveSession:
             session = cls(
                 settings, str(workerinput["testrunuid"])[:12], str(workerinput["workerid"])
             )
+        elif is_xdist_controller(config):
+            # Fix the run key now: pytest-xdist hands its --testrunuid to the workers.
+            config.option.testrunuid = config.option.testrunuid or uuid.uuid4().hex
+            session = cls(settings, str(config.option.testrunuid)[:12], "controller")
         else:
             session = cls(settings, None, "main")
         config.stash[_KEY] = session
@@ -60,8 +65,15 @@ class PipeweaveSession:
             self.error = exc
             raise
 
+    def reserve(self) -> None:
+        """As the pytest-xdist controller, own the run until every worker is done with it."""
+        self.shared = SharedServer(self.settings, self.run_key)
+        self.shared.reserve()
+
     def finish(self) -> None:
-        if self.shared is not None and self.shared.info is not None:
+        if self.shared is not None and (
+            self.shared.info is not None or self.worker == "controller"
+        ):
             self.shared.release(self.databases)
 
     def report(self) -> dict[str, Any] | None:
@@ -82,3 +94,13 @@ class PipeweaveSession:
             "state_file": str(self.shared.run.path / STATE_FILE),
             "stop": self.shared.stop_hint(),
         }
+
+
+def is_xdist_controller(config: pytest.Config) -> bool:
+    """True in the process that runs pytest-xdist's workers (not in a worker, not without xdist)."""
+    return (
+        config.pluginmanager.hasplugin("xdist")
+        and getattr(config, "workerinput", None) is None
+        and config.getoption("dist", "no") != "no"
+        and bool(config.getoption("tx", None))
+    )

@@ -3,7 +3,9 @@
 Under pytest-xdist every worker calls ``acquire()``; the run's file lock makes the first one
 start the server (and build the template database) and the others reuse it. ``release()``
 removes the caller from the owners; the last owner out stops the server, unless asked to keep
-it. Before starting, the leftovers of dead runs are removed (see ``runs``).
+it. The xdist controller ``reserve()``s the run before its workers exist and leaves it last: a
+worker that finishes before another has even joined must not stop the server. Before
+starting, the leftovers of dead runs are removed (see ``runs``).
 """
 
 from __future__ import annotations
@@ -65,10 +67,19 @@ class SharedServer:
                 self.info = ServerInfo.from_state(state["info"])
                 return self.info
             remove_dead_runs(self.base, exclude=self.run.key)
-            self.info = self._start()
+            self.info = self._start(state)
             return self.info
 
-    def _start(self) -> ServerInfo:
+    def reserve(self) -> None:
+        """Own the run without starting anything: the server starts when a process needs it."""
+        with self.run.lock:
+            state = self.run.read_state()
+            self.run.add_owner(state, self.me)
+            self.run.write_state(state)
+            self.state = state
+
+    def _start(self, state: dict[str, Any]) -> ServerInfo:
+        """Start the server; ``state`` is the run's (its owners so far), updated and written."""
         settings = self.settings
         backend = choose_backend(settings.backend, settings.url, settings.pg_bin)
         server = create_server(
@@ -81,7 +92,7 @@ class SharedServer:
             run_key=str(self.run.path),
             run_is_dead=self.run_is_dead,
         )
-        state: dict[str, Any] = {"keep": settings.keep, "server": server.to_state()}
+        state.update(keep=settings.keep, server=server.to_state())
         self.run.add_owner(state, self.me)
         self.run.write_state(state)
         started = time.perf_counter()
@@ -89,7 +100,11 @@ class SharedServer:
             info = server.start()
         except BaseException:
             server.stop()
-            self.run.remove()
+            del state["server"]
+            if self.run.remove_owner(state, self.me):
+                self.run.write_state(state)
+            else:
+                self.run.remove()
             raise
         if info.backend == "url":
             drop_leftover_databases(info, self.run_is_dead)
@@ -131,7 +146,7 @@ class SharedServer:
             if state.get("keep"):
                 self.run.write_state(state)
                 return
-            info = self.info
+            info = ServerInfo.from_state(state["info"]) if state.get("info") else None
             on_url = info is not None and info.backend == "url"
             drop = list(databases) if on_url else []
             if not remaining and on_url and state.get("template"):

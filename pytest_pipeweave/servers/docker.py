@@ -134,6 +134,8 @@ class DockerServer:
             if inner is not None:
                 self.container_id = inner.id
                 self.stop()
+            else:  # interrupted inside "docker run": the container may exist, unrecorded
+                remove_run_containers(client, self.run_key)
             if isinstance(exc, Exception):
                 raise ServerUnavailable(f"the {self.image} container did not start: {exc}") from exc
             raise
@@ -205,6 +207,16 @@ class DockerServer:
         server = cls()
         server.container_id = state.get("container_id")
         return server
+
+
+def remove_run_containers(client: Any, run_key: str) -> None:
+    """Remove the containers labelled with this very run (and host): ours, whatever their id."""
+    with contextlib.suppress(Exception):
+        for container in client.containers.list(
+            all=True, filters={"label": f"{RUN_LABEL}={run_key}"}
+        ):
+            if (container.labels or {}).get(HOST_LABEL) == socket.gethostname():
+                container.remove(force=True, v=True)
 
 
 def remove_leftover_containers(client: Any, run_is_dead: Callable[[str], bool]) -> list[str]:
