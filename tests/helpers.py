@@ -101,3 +101,28 @@ def run(
 
 def run_test_db(*args: str, env: dict[str, str], secrets: Sequence[str] = ()) -> Run:
     return run(*args, env=env, secrets=secrets, program=PIPEWEAVE_TEST_DB)
+
+
+def run_at_once(
+    count: int, command: Sequence[str], env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """Start ``count`` copies of ``command`` together, then wait for them all."""
+    processes = [
+        subprocess.Popen(
+            list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(count)
+    ]
+    done = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return done
+
+
+# Parameters: a key prefix, expires_at, how many rows.
+INSERT_CACHE_ROWS = """
+INSERT INTO idempotency_cache (idempotency_key, task_id, task_run_id, code_version, output_path,
+                               expires_at)
+SELECT %s || g, 't', 'r', 1, 'o', %s FROM generate_series(1, %s) g
+"""

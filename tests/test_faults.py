@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import kill_server
+from helpers import INSERT_CACHE_ROWS, kill_server
 
 from pipeweave_db import Database, DatabaseConfig, cleanup, create_database
 from pytest_pipeweave import LocalServer, ServerInfo
@@ -73,20 +73,13 @@ def test_a_killed_server_fails_queries_fast_and_the_same_database_recovers(
     db.close()
 
 
-INSERT_EXPIRED = """
-INSERT INTO idempotency_cache (idempotency_key, task_id, task_run_id, code_version, output_path,
-                               expires_at)
-SELECT %s || g, 't', 'r', 1, 'o', %s FROM generate_series(1, %s) g
-"""
-
-
 def test_an_interrupted_cleanup_leaves_consistent_tables_and_a_rerun_finishes(
     pipeweave_database_committed: Database, pipeweave_config: DatabaseConfig
 ) -> None:
     db = pipeweave_database_committed
     now = datetime.now(timezone.utc)
-    db.none(INSERT_EXPIRED, ["old-", now - timedelta(hours=1), 200_000])
-    db.none(INSERT_EXPIRED, ["live-", now + timedelta(hours=1), 1_000])
+    db.none(INSERT_CACHE_ROWS, ["old-", now - timedelta(hours=1), 200_000])
+    db.none(INSERT_CACHE_ROWS, ["live-", now + timedelta(hours=1), 1_000])
     batch = 2_000
     errors: list[BaseException] = []
     victim = create_database(pipeweave_config, application_name="cleanup-victim", max=1)

@@ -4,13 +4,12 @@ log lines included), SQL-looking values inert everywhere, init and migrate from 
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Callable
 from urllib.parse import quote
 
 import psycopg
 import pytest
-from helpers import PIPEWEAVE_DB, clean_env, run, run_test_db
+from helpers import PIPEWEAVE_DB, clean_env, run, run_at_once, run_test_db
 from psycopg import sql
 
 from pipeweave_db import (
@@ -205,29 +204,10 @@ def test_the_plugin_on_a_server_whose_url_names_a_hostile_database(
 # -- many processes at once ----------------------------------------------------------------------
 
 
-def run_together(
-    count: int, *args: str, env: dict[str, str]
-) -> list[subprocess.CompletedProcess[str]]:
-    assert PIPEWEAVE_DB is not None
-    processes = [
-        subprocess.Popen(
-            [PIPEWEAVE_DB, *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-    done = []
-    for process in processes:
-        out, err = process.communicate(timeout=120)
-        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    return done
-
-
 def test_eight_concurrent_inits_create_the_schema_once(empty_database_url: str) -> None:
-    results = run_together(8, "init", "--json", env=clean_env(DATABASE_URL=empty_database_url))
+    results = run_at_once(
+        8, [PIPEWEAVE_DB, "init", "--json"], clean_env(DATABASE_URL=empty_database_url)
+    )
     assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
     creators = [
         r
@@ -242,7 +222,9 @@ def test_eight_concurrent_inits_create_the_schema_once(empty_database_url: str) 
 
 
 def test_two_concurrent_migrates_apply_each_migration_once(empty_database_url: str) -> None:
-    results = run_together(2, "migrate", "--json", env=clean_env(DATABASE_URL=empty_database_url))
+    results = run_at_once(
+        2, [PIPEWEAVE_DB, "migrate", "--json"], clean_env(DATABASE_URL=empty_database_url)
+    )
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     with create_database(connection_string=empty_database_url) as db:
         assert db.one("SELECT count(*) AS n FROM pipeweave_schema_migrations") == {"n": 1}

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
+from helpers import INSERT_CACHE_ROWS
 
 from pipeweave_db import (
     CleanupResult,
@@ -19,12 +20,6 @@ from pipeweave_db import (
     create_database,
 )
 from pytest_pipeweave import PipeweaveFactory, SeedData
-
-INSERT_CACHE = """
-INSERT INTO idempotency_cache (idempotency_key, task_id, task_run_id, code_version, output_path,
-                               expires_at)
-SELECT %s || g, 't', 'r', 1, 'o', %s FROM generate_series(1, %s) g
-"""
 
 
 def test_cleanup_deletes_what_the_seed_expects(
@@ -82,7 +77,7 @@ class CountingDatabase:
 
 def test_deletes_in_batches(pipeweave_database: Database) -> None:
     past = datetime.now(timezone.utc) - timedelta(hours=1)
-    pipeweave_database.none(INSERT_CACHE, ["k", past, 25])
+    pipeweave_database.none(INSERT_CACHE_ROWS, ["k", past, 25])
     counting = CountingDatabase(pipeweave_database)
     assert cleanup_expired_cache(cast(Database, counting), batch_size=10) == 25
     assert counting.deletes == [10, 10, 5]
@@ -98,7 +93,7 @@ def pool_db(
 
 def test_live_rows_written_during_cleanup_survive(pool_db: Database) -> None:
     now = datetime.now(timezone.utc)
-    pool_db.none(INSERT_CACHE, ["expired-", now - timedelta(minutes=5), 20_000])
+    pool_db.none(INSERT_CACHE_ROWS, ["expired-", now - timedelta(minutes=5), 20_000])
     stop = threading.Event()
     written: list[int] = []
 
@@ -107,7 +102,7 @@ def test_live_rows_written_during_cleanup_survive(pool_db: Database) -> None:
         while not stop.is_set() or n < 50:
             n += 1
             pool_db.none(
-                INSERT_CACHE, [f"live{n}-", datetime.now(timezone.utc) + timedelta(hours=1), 5]
+                INSERT_CACHE_ROWS, [f"live{n}-", datetime.now(timezone.utc) + timedelta(hours=1), 5]
             )
             pool_db.none(
                 "INSERT INTO dlq (id, task_run_id, task_id, code_version, code_hash, error,"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+from helpers import run_at_once
 
 from pipeweave_db import (
     PIPEWEAVE_TABLES,
@@ -133,16 +133,8 @@ print(",".join(result.created_tables))
 
 
 def test_concurrent_init_from_eight_processes(db: Database, empty_database_url: str) -> None:
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", INIT_SCRIPT, empty_database_url],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(8)
-    ]
-    outputs = [p.communicate(timeout=120) for p in processes]
+    processes = run_at_once(8, [sys.executable, "-c", INIT_SCRIPT, empty_database_url])
+    outputs = [(p.stdout, p.stderr) for p in processes]
     assert [p.returncode for p in processes] == [0] * 8, [err for _, err in outputs]
     creators = [out.strip() for out, _ in outputs if out.strip()]
     assert len(creators) == 1, "exactly one process created the tables"
@@ -225,16 +217,8 @@ with create_database(connection_string=sys.argv[1], max=1) as db:
 def test_concurrent_migrate_applies_each_migration_once(
     db: Database, empty_database_url: str
 ) -> None:
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", MIGRATE_SCRIPT, empty_database_url],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [p.communicate(timeout=120) for p in processes]
+    processes = run_at_once(2, [sys.executable, "-c", MIGRATE_SCRIPT, empty_database_url])
+    outputs = [(p.stdout, p.stderr) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
     assert sorted(int(out) for out, _ in outputs) == [0, 2]
     assert db.one("SELECT count(*) AS n FROM applied_count") == {"n": 1}
