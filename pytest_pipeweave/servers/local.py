@@ -49,6 +49,9 @@ SPEED_SETTINGS = {
     "jit": "off",
     "max_connections": "200",
     "log_min_messages": "warning",
+    # Dynamic shared memory as files in the data folder, not in /dev/shm: an immediate
+    # shutdown or a kill leaves POSIX segments there for good (they were leaking ~0.5 MB a run).
+    "dynamic_shared_memory_type": "mmap",
 }
 START_TIMEOUT = 30.0
 MAX_SOCKET_PATH = 107  # sizeof(sun_path) - 1 on Linux
