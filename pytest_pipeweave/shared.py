@@ -50,11 +50,6 @@ class SharedServer:
         self.info: ServerInfo | None = None
         self.state: dict[str, Any] = {}
 
-    @property
-    def startup_seconds(self) -> float | None:
-        value = self.state.get("startup_seconds")
-        return float(value) if value is not None else None
-
     def acquire(self) -> ServerInfo:
         """The run's server, started now if no process of the run has started it yet."""
         with self.run.lock:
