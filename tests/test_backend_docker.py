@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,7 +22,14 @@ import pytest
 
 from pytest_pipeweave.runs import wait_until
 from pytest_pipeweave.servers.base import ServerUnavailable
-from pytest_pipeweave.servers.docker import DEFAULT_IMAGE, RUN_LABEL, docker_client
+from pytest_pipeweave.servers.docker import (
+    DEFAULT_IMAGE,
+    HOST_LABEL,
+    RUN_LABEL,
+    docker_client,
+    labelled_containers,
+    remove_leftover_containers,
+)
 
 IMAGE = os.environ.get("PIPEWEAVE_IMAGE") or DEFAULT_IMAGE
 # Settings of the outer run that would send the inner runs elsewhere.
@@ -59,14 +68,14 @@ def _containers_of(client: Any, tmpdir: Path) -> set[str]:
     (under pytest-xdist, or beside other runs on the machine, other containers come and go)."""
     prefix = f"{tmpdir}{os.sep}"
     return {
-        c.id
-        for c in client.containers.list(all=True, filters={"label": RUN_LABEL})
-        if (c.labels or {}).get(RUN_LABEL, "").startswith(prefix)
+        summary["Id"]
+        for summary in labelled_containers(client, RUN_LABEL)
+        if (summary.get("Labels") or {}).get(RUN_LABEL, "").startswith(prefix)
     }
 
 
 def _exists(client: Any, container_id: str) -> bool:
-    return bool(client.containers.list(all=True, filters={"id": container_id}))
+    return bool(client.api.containers(all=True, filters={"id": container_id}))
 
 
 @pytest.fixture
@@ -105,6 +114,8 @@ from pathlib import Path
 import docker
 import psycopg
 
+from pytest_pipeweave.servers.docker import RUN_LABEL, labelled_containers
+
 COUNT = "SELECT count(*) AS n FROM services"
 
 
@@ -115,9 +126,9 @@ def test_server_is_a_container_on_loopback(pipeweave_server, pipeweave_database_
         assert ipaddress.ip_address(conn.info.hostaddr).is_loopback
     port = str(pipeweave_server.port)
     ours = [
-        c.id
-        for c in docker.from_env().containers.list(filters={"label": "pytest-pipeweave.run"})
-        if any(b.get("HostPort") == port for b in c.ports.get("5432/tcp") or [])
+        summary["Id"]
+        for summary in labelled_containers(docker.from_env(), RUN_LABEL)
+        if any(str(p.get("PublicPort")) == port for p in summary.get("Ports") or [])
     ]
     assert len(ours) == 1
     Path("container-id").write_text(ours[0])
@@ -248,3 +259,27 @@ def test_ctrl_c_removes_the_container(
     assert process.returncode != 0, out
     assert _containers_of(engine, inner) == set(), out
     assert not [p for p in inner.glob("pytest-pipeweave-*/run-*") if p.is_dir()], out
+
+
+def test_cleanup_while_another_run_removes_its_containers(engine: Any, tmp_path: Path) -> None:
+    """Runs on one engine start and clean up at the same time: containers vanishing while this
+    run lists them (docker-py's ``containers.list()`` inspects each, and raised NotFound here)
+    must not fail its start."""
+    labels = {RUN_LABEL: f"{tmp_path}{os.sep}run-live", HOST_LABEL: socket.gethostname()}
+    ids = [engine.containers.create(IMAGE, command="true", labels=labels).id for _ in range(20)]
+
+    def other_run_stops() -> None:
+        for container_id in ids:
+            engine.api.remove_container(container_id, force=True)
+
+    other_run = threading.Thread(target=other_run_stops)
+    other_run.start()
+    passes = 0
+    try:
+        while other_run.is_alive():
+            assert remove_leftover_containers(engine, lambda key: False) == []
+            passes += 1
+    finally:
+        other_run.join()
+    assert passes > 0
+    assert _containers_of(engine, tmp_path) == set()

@@ -188,7 +188,7 @@ class DockerServer:
         if self.container_id is None:
             return
         with contextlib.suppress(Exception):
-            docker_client().containers.get(self.container_id).remove(force=True, v=True)
+            _remove_container(docker_client(), self.container_id)
         self.container_id = None
 
     def is_alive(self) -> bool:
@@ -209,24 +209,38 @@ class DockerServer:
         return server
 
 
+def labelled_containers(client: Any, label: str) -> list[dict[str, Any]]:
+    """The engine's summaries (``Id``, ``Labels``, ``Ports``...) of containers carrying ``label``.
+
+    docker-py's ``containers.list()`` inspects each container after listing them, and fails
+    when another run removes one in between; the summaries need no second request.
+    """
+    return list(client.api.containers(all=True, filters={"label": label}))
+
+
+def _remove_container(client: Any, container_id: str) -> bool:
+    try:
+        client.api.remove_container(container_id, force=True, v=True)
+    except Exception:  # already gone, or being removed by its own run
+        return False
+    return True
+
+
 def remove_run_containers(client: Any, run_key: str) -> None:
     """Remove the containers labelled with this very run (and host): ours, whatever their id."""
     with contextlib.suppress(Exception):
-        for container in client.containers.list(
-            all=True, filters={"label": f"{RUN_LABEL}={run_key}"}
-        ):
-            if (container.labels or {}).get(HOST_LABEL) == socket.gethostname():
-                container.remove(force=True, v=True)
+        for summary in labelled_containers(client, f"{RUN_LABEL}={run_key}"):
+            if (summary.get("Labels") or {}).get(HOST_LABEL) == socket.gethostname():
+                _remove_container(client, summary["Id"])
 
 
 def remove_leftover_containers(client: Any, run_is_dead: Callable[[str], bool]) -> list[str]:
     """Remove containers labelled by a run on this host that has ended."""
     removed = []
     here = socket.gethostname()
-    for container in client.containers.list(all=True, filters={"label": RUN_LABEL}):
-        labels = container.labels or {}
-        if labels.get(HOST_LABEL) == here and run_is_dead(labels.get(RUN_LABEL, "")):
-            with contextlib.suppress(Exception):
-                container.remove(force=True, v=True)
-                removed.append(container.id)
+    for summary in labelled_containers(client, RUN_LABEL):
+        labels = summary.get("Labels") or {}
+        ours = labels.get(HOST_LABEL) == here and run_is_dead(labels.get(RUN_LABEL, ""))
+        if ours and _remove_container(client, summary["Id"]):
+            removed.append(summary["Id"])
     return removed
