@@ -2,7 +2,8 @@
 
 Connection strings are parsed by libpq (through `psycopg.conninfo`), so whatever psql accepts
 is accepted here; we only add the checks libpq leaves to connect time (ports, sslmode) and
-errors that name the setting without ever showing a password.
+errors that name the setting without ever showing a password. psycopg is imported where a
+string is parsed, not with this module: the pytest plugin loads it into every pytest process.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import re
 from collections.abc import Mapping
 from functools import cache
 from urllib.parse import parse_qsl, quote
-
-import psycopg
-from psycopg import conninfo as pg_conninfo
 
 from pipeweave_db.errors import ConfigError
 
@@ -109,7 +107,9 @@ class DatabaseConfig:
 
     def conninfo(self) -> str:
         """A libpq connection string, password included: never log or print it."""
-        return pg_conninfo.make_conninfo("", **self.params())
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo("", **self.params())
 
     @property
     def timeout(self) -> float:
@@ -235,8 +235,10 @@ def parse_url(url: str, source: str) -> dict[str, str]:
     unknown = sorted({key for key, _ in parse_qsl(query)} - _libpq_keywords())
     if unknown:
         raise ConfigError(f"{source} has an unknown parameter {unknown[0]!r}: {_shown(url)}")
+    import psycopg
+
     try:
-        params = pg_conninfo.conninfo_to_dict(url)
+        params = psycopg.conninfo.conninfo_to_dict(url)
     except (psycopg.Error, ValueError) as exc:
         raise ConfigError(
             f"{source} is not a valid PostgreSQL URL ({_libpq_reason(exc, url)}): {_shown(url)}"
@@ -365,4 +367,6 @@ def _password_candidate(url: str) -> str | None:
 
 @cache
 def _libpq_keywords() -> frozenset[str]:
+    import psycopg
+
     return frozenset(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())

@@ -1,23 +1,30 @@
 """pytest-pipeweave: fast, isolated PipeWeave databases for tests (the plugin is ``plugin``)."""
 
-from pytest_pipeweave.databases import (
-    ServerGone,
-    TemplateSetup,
-    WorkerDatabase,
-    clone_database,
-    create_template,
-    drop_database,
-)
-from pytest_pipeweave.factories import PipeweaveFactory, code_hash, idempotency_key
-from pytest_pipeweave.seed import SeedData, seed_database
-from pytest_pipeweave.servers import (
-    DockerServer,
-    ExistingServer,
-    LocalServer,
-    Server,
-    ServerInfo,
-    ServerUnavailable,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeweave_db._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from pytest_pipeweave.databases import (
+        TemplateSetup,
+        WorkerDatabase,
+        clone_database,
+        create_template,
+        drop_database,
+    )
+    from pytest_pipeweave.factories import PipeweaveFactory, code_hash, idempotency_key
+    from pytest_pipeweave.seed import SeedData, seed_database
+    from pytest_pipeweave.servers import (
+        DockerServer,
+        ExistingServer,
+        LocalServer,
+        Server,
+        ServerGone,
+        ServerInfo,
+        ServerUnavailable,
+    )
 
 __all__ = [
     "DockerServer",
@@ -38,3 +45,27 @@ __all__ = [
     "idempotency_key",
     "seed_database",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "databases": (
+            "TemplateSetup",
+            "WorkerDatabase",
+            "clone_database",
+            "create_template",
+            "drop_database",
+        ),
+        "factories": ("PipeweaveFactory", "code_hash", "idempotency_key"),
+        "seed": ("SeedData", "seed_database"),
+        "servers": (
+            "DockerServer",
+            "ExistingServer",
+            "LocalServer",
+            "Server",
+            "ServerGone",
+            "ServerInfo",
+            "ServerUnavailable",
+        ),
+    },
+)

@@ -17,9 +17,9 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from pipeweave_db import Database, PipeweaveError, create_database, initialize_schema
+from pipeweave_db import Database, create_database, initialize_schema
 from pytest_pipeweave.restore import DatabaseSnapshot
-from pytest_pipeweave.servers.base import ServerInfo
+from pytest_pipeweave.servers.base import ServerGone, ServerInfo
 
 NAME_PREFIX = "pytest_pipeweave_"
 OWNER_COMMENT = re.compile(r"^pytest-pipeweave run=(?P<run>.+) host=(?P<host>\S+)$")
@@ -125,10 +125,6 @@ def _comment(conn: psycopg.Connection[tuple[object, ...]], name: str, comment: s
                 sql.Identifier(name), sql.Literal(comment)
             )
         )
-
-
-class ServerGone(PipeweaveError):
-    """The test server stopped answering in the middle of a session."""
 
 
 class WorkerDatabase:

@@ -11,28 +11,28 @@ The chain, each link overridable in a conftest (as pytest-django's ``django_db_s
     pipeweave_env               function  DATABASE_URL for create_database_from_env and the CLI
     pipeweave_factory           function  rows for every table
     pipeweave_seed              function  the standard dataset
+
+What a fixture needs of psycopg and the database code it imports when it first runs: this
+module is loaded into every pytest process, most of which never use a database.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
-from pipeweave_db import Database, DatabaseConfig
-from pytest_pipeweave.databases import (
-    ServerGone,
-    TemplateSetup,
-    WorkerDatabase,
-    database_name,
-    owner_comment,
-)
-from pytest_pipeweave.factories import PipeweaveFactory
-from pytest_pipeweave.seed import SeedData, seed_database
-from pytest_pipeweave.servers import ServerInfo, ServerUnavailable
+from pipeweave_db.config import DatabaseConfig
+from pytest_pipeweave.servers import ServerGone, ServerInfo, ServerUnavailable
 from pytest_pipeweave.session import PipeweaveSession
+
+if TYPE_CHECKING:
+    from pipeweave_db import Database
+    from pytest_pipeweave.databases import TemplateSetup, WorkerDatabase
+    from pytest_pipeweave.factories import PipeweaveFactory
+    from pytest_pipeweave.seed import SeedData
 
 T = TypeVar("T")
 COMMITTED_FIXTURES = ("pipeweave_database_committed", "pipeweave_env")
@@ -79,6 +79,8 @@ def _pipeweave_worker_database(
     pipeweave_server: ServerInfo,
     pipeweave_template_setup: TemplateSetup | None,
 ) -> Iterator[WorkerDatabase]:
+    from pytest_pipeweave.databases import WorkerDatabase, database_name, owner_comment
+
     session = _session(request)
     shared = session.shared
     assert shared is not None
@@ -167,10 +169,14 @@ def pipeweave_env(
 @pytest.fixture
 def pipeweave_factory(pipeweave_database: Database) -> PipeweaveFactory:
     """Builds valid rows for every PipeWeave table, creating the rows they refer to."""
+    from pytest_pipeweave.factories import PipeweaveFactory
+
     return PipeweaveFactory(pipeweave_database)
 
 
 @pytest.fixture
 def pipeweave_seed(pipeweave_database: Database, pipeweave_factory: PipeweaveFactory) -> SeedData:
     """The standard dataset, written through ``pipeweave_database``."""
+    from pytest_pipeweave.seed import seed_database
+
     return seed_database(pipeweave_database, pipeweave_factory)

@@ -5,7 +5,8 @@ start the server (and build the template database) and the others reuse it. ``re
 removes the caller from the owners; the last owner out stops the server, unless asked to keep
 it. The xdist controller ``reserve()``s the run before its workers exist and leaves it last: a
 worker that finishes before another has even joined must not stop the server. Before
-starting, the leftovers of dead runs are removed (see ``runs``).
+starting, the leftovers of dead runs are removed (see ``runs``). ``databases`` (and with it
+psycopg) is imported only where a database is touched: the xdist controller never does.
 """
 
 from __future__ import annotations
@@ -15,16 +16,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_pipeweave.databases import (
-    TemplateSetup,
-    create_template,
-    database_name,
-    drop_database,
-    drop_leftover_databases,
-    owner_comment,
-)
 from pytest_pipeweave.runs import ProcessId, Run, base_dir, dead_runs, live_owners
 from pytest_pipeweave.servers import (
     ServerInfo,
@@ -33,6 +26,9 @@ from pytest_pipeweave.servers import (
     server_from_state,
 )
 from pytest_pipeweave.settings import Settings
+
+if TYPE_CHECKING:
+    from pytest_pipeweave.databases import TemplateSetup
 
 # A run's lock file outlives its folder (a waiting worker may hold it open); once nobody can be
 # waiting, it is clutter.
@@ -102,6 +98,8 @@ class SharedServer:
                 self.run.remove()
             raise
         if info.backend == "url":
+            from pytest_pipeweave.databases import drop_leftover_databases
+
             drop_leftover_databases(info, self.run_is_dead)
         state.update(
             server=server.to_state(),
@@ -115,6 +113,8 @@ class SharedServer:
 
     def template(self, setup: TemplateSetup | None) -> str:
         """The run's template database (schema and ``setup`` applied), built once per run."""
+        from pytest_pipeweave.databases import create_template, database_name, owner_comment
+
         assert self.info is not None
         with self.run.lock:
             state = self.run.read_state()
@@ -146,9 +146,12 @@ class SharedServer:
             drop = list(databases) if on_url else []
             if not remaining and on_url and state.get("template"):
                 drop.append(str(state["template"]))
-            for name in drop:
-                with contextlib.suppress(Exception):
-                    drop_database(info, name)  # type: ignore[arg-type]
+            if drop:
+                from pytest_pipeweave.databases import drop_database
+
+                for name in drop:
+                    with contextlib.suppress(Exception):
+                        drop_database(info, name)  # type: ignore[arg-type]
             if remaining:
                 self.run.write_state(state)
                 return
@@ -158,6 +161,8 @@ class SharedServer:
 
     def stop_hint(self) -> str:
         """How a user stops a kept server by hand."""
+        from pytest_pipeweave.databases import database_name
+
         server = self.state.get("server") or {}
         if server.get("backend") == "local":
             return f"kill -QUIT {server.get('pid')} && rm -rf {self.run.path}"

@@ -69,6 +69,44 @@ def test_no_server_is_started_when_no_test_needs_one(pytester: pytest.Pytester) 
     assert "started in" not in result.stdout.str()
 
 
+# Each pytest process records which database drivers it imported, as it ends.
+RECORD_DRIVERS = """
+import sys
+from pathlib import Path
+
+def pytest_unconfigure(config):
+    process = getattr(config, "workerinput", {}).get("workerid", "main")
+    drivers = sorted({name.split(".")[0] for name in sys.modules} & {"psycopg", "psycopg_pool"})
+    Path(f"drivers-{process}").write_text(" ".join(drivers))
+"""
+
+
+def test_a_run_without_database_tests_does_not_import_psycopg(pytester: pytest.Pytester) -> None:
+    """The plugin loads into every pytest process of a project; most never connect."""
+    pytester.makeconftest(RECORD_DRIVERS)
+    pytester.makepyfile("def test_plain(): pass")
+    run(pytester).assert_outcomes(passed=1)
+    assert (pytester.path / "drivers-main").read_text() == ""
+
+
+def test_xdist_controller_does_not_import_psycopg(pytester: pytest.Pytester) -> None:
+    """The controller only owns the run; the workers connect (its imports delay them all)."""
+    pytester.makeconftest(RECORD_DRIVERS)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_db(i, pipeweave_database):
+            assert pipeweave_database.one("SELECT count(*) AS n FROM services")["n"] == 0
+        """
+    )
+    run(pytester, "-n", "2").assert_outcomes(passed=4)
+    assert (pytester.path / "drivers-main").read_text() == ""
+    workers = {(pytester.path / f"drivers-gw{n}").read_text() for n in range(2)}
+    assert "psycopg psycopg_pool" in workers
+
+
 def test_unknown_backend_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(DB_TEST)
     result = run(pytester, "--pipeweave-backend=oracle")

@@ -2,6 +2,8 @@
 
 ``local`` (binaries on this machine), ``docker`` (testcontainers), ``url`` (a server that
 already runs); ``auto`` takes the first available in the order url, local, docker.
+The backends import psycopg when they start a server, not with their module: the plugin
+loads them into every pytest process, most of which never start one.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pytest_pipeweave.servers.base import Server, ServerInfo, ServerUnavailable
+from pytest_pipeweave.servers.base import Server, ServerGone, ServerInfo, ServerUnavailable
 from pytest_pipeweave.servers.docker import DEFAULT_IMAGE, DockerServer, docker_available
 from pytest_pipeweave.servers.local import LocalServer, find_pg_bin
 from pytest_pipeweave.servers.url import ExistingServer
@@ -22,6 +24,7 @@ __all__ = [
     "ExistingServer",
     "LocalServer",
     "Server",
+    "ServerGone",
     "ServerInfo",
     "ServerUnavailable",
     "choose_backend",

@@ -17,6 +17,10 @@ class ServerUnavailable(PipeweaveError):
     """No server could be started or reached with the given settings."""
 
 
+class ServerGone(PipeweaveError):
+    """The test server stopped answering in the middle of a session."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerInfo:
     """How to reach a running server. ``url(dbname)`` gives a URL for any of its databases."""

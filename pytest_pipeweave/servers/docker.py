@@ -20,8 +20,6 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
-
 from pytest_pipeweave.runs import wait_until
 from pytest_pipeweave.servers.base import ServerInfo, ServerUnavailable
 from pytest_pipeweave.servers.local import SPEED_SETTINGS, SUPERUSER
@@ -148,6 +146,8 @@ class DockerServer:
         return info
 
     def _info(self, container: Any, password: str, local: bool) -> ServerInfo:
+        import psycopg
+
         wrapped = container.get_wrapped_container()
         if local:
             # The published port itself, whatever testcontainers' connection mode would say

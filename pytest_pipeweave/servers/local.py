@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from pytest_pipeweave.runs import process_alive, process_arguments, wait_until
 from pytest_pipeweave.servers.base import ServerInfo, ServerUnavailable
 
@@ -204,6 +202,8 @@ class LocalServer:
         return self.workdir / "postgres.log"
 
     def start(self) -> ServerInfo:
+        import psycopg
+
         socket_path = self.socket_dir / ".s.PGSQL.65535"
         if len(str(socket_path).encode()) > MAX_SOCKET_PATH:
             raise ServerUnavailable(
@@ -379,6 +379,8 @@ class LocalServer:
         self.pid = self._process.pid
 
     def _wait_ready(self, port: int) -> bool:
+        import psycopg
+
         params = self._admin_params(port)
         process = self._process
         assert process is not None

@@ -10,8 +10,6 @@ import getpass
 from typing import Any
 from urllib.parse import urlencode
 
-import psycopg
-
 from pipeweave_db import ConfigError, mask_url
 from pipeweave_db.config import is_unix_socket, parse_url
 from pytest_pipeweave.servers.base import ServerInfo, ServerUnavailable
@@ -28,6 +26,8 @@ class ExistingServer:
         self.url = url
 
     def start(self) -> ServerInfo:
+        import psycopg
+
         try:
             params = parse_url(self.url, "--pipeweave-url")
         except ConfigError as exc:
