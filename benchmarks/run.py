@@ -161,6 +161,8 @@ class Runner:
         command = [str(self.venv / "bin" / "python"), "-m", "pytest", test_file]
         if peer:
             command += ["-p", "no:pipeweave"]
+        if peer == "none":  # pytest alone: pytest-postgresql's plugin imports psycopg and more
+            command += ["-p", "no:pytest_postgresql"]
         else:
             command += ["-p", "no:pytest_postgresql", f"--pipeweave-pg-bin={self.bin_dir}"]
         if peer == "pytest-postgresql":
@@ -980,6 +982,20 @@ def main(argv: list[str]) -> int:
     work.chmod(0o755)
     if os.environ.get("PWB_IN_VENV") != "1":
         venv = ensure_venv(work, args.python or venv_base_python())
+        # The project is installed editable: compile it now, or an inner user who cannot write
+        # its __pycache__ would compile it again in every run (the peers' wheels come compiled).
+        subprocess.run(
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "compileall",
+                "-q",
+                "pipeweave_db",
+                "pytest_pipeweave",
+            ],
+            cwd=REPO,
+            check=True,
+        )
         if os.geteuid() == 0:
             subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
         python = str(venv / "bin" / "python")
