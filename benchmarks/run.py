@@ -159,10 +159,10 @@ class Runner:
             )
         variables.update(env or {})
         command = [str(self.venv / "bin" / "python"), "-m", "pytest", test_file]
-        if peer:
-            command += ["-p", "no:pipeweave"]
         if peer == "none":  # pytest alone: pytest-postgresql's plugin imports psycopg and more
-            command += ["-p", "no:pytest_postgresql"]
+            command += ["-p", "no:pipeweave", "-p", "no:pytest_postgresql"]
+        elif peer:
+            command += ["-p", "no:pipeweave"]
         else:
             command += ["-p", "no:pytest_postgresql", f"--pipeweave-pg-bin={self.bin_dir}"]
         if peer == "pytest-postgresql":
