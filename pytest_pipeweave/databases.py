@@ -51,9 +51,7 @@ def create_template(
 ) -> None:
     """Create database ``name`` with the PipeWeave schema, then let ``setup`` add to it."""
     with admin_connection(server) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        if comment:
-            _comment(conn, name, comment)
+        _create(conn, name, "template1", comment)
     try:
         with create_database(connection_string=server.url(name), max=1) as db:
             initialize_schema(db)
@@ -67,16 +65,24 @@ def create_template(
 def clone_database(
     server: ServerInfo, template: str, name: str, *, comment: str | None = None
 ) -> None:
-    """Create ``name`` as a copy of ``template`` (file copy: the fastest way on PostgreSQL 15+)."""
+    """Create ``name`` as a copy of ``template``."""
+    with admin_connection(server) as conn:
+        _create(conn, name, template, comment)
+
+
+def _create(
+    conn: psycopg.Connection[tuple[object, ...]], name: str, template: str, comment: str | None
+) -> None:
+    """CREATE DATABASE by file copy: on PostgreSQL 15+ its default, WAL_LOG, writes the whole
+    template into the WAL (16 ms against 10 ms for a clone here)."""
     statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
         sql.Identifier(name), sql.Identifier(template)
     )
-    with admin_connection(server) as conn:
-        if conn.info.server_version >= 150000:
-            statement += sql.SQL(" STRATEGY FILE_COPY")
-        conn.execute(statement)
-        if comment:
-            _comment(conn, name, comment)
+    if conn.info.server_version >= 150000:
+        statement += sql.SQL(" STRATEGY FILE_COPY")
+    conn.execute(statement)
+    if comment:
+        _comment(conn, name, comment)
 
 
 def drop_database(server: ServerInfo, name: str) -> None:
