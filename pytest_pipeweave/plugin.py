@@ -12,6 +12,7 @@ Each option is read from the command line, else its environment variable, else i
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly or not any(_uses_server(item) for item in session.items):
         return
+    # What the fixtures will need (psycopg above all), imported now: another worker may be
+    # starting the server, and this one waits for it with nothing else to do.
+    importlib.import_module("pytest_pipeweave.databases")
     with contextlib.suppress(ServerUnavailable):  # kept, and reported by the fixtures
         PipeweaveSession.of(config).server()
 
