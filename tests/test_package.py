@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import types
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +27,21 @@ def test_an_unknown_name_is_an_attribute_error(package: types.ModuleType) -> Non
     ):
         package.nope  # noqa: B018
     assert not hasattr(package, "nope")
+
+
+@pytest.mark.parametrize("package", [pipeweave_db, pytest_pipeweave], ids=lambda p: p.__name__)
+def test_type_checkers_see_every_public_name(package: types.ModuleType) -> None:
+    """The names are listed twice: imported for type checkers, and mapped for run time."""
+    tree = ast.parse(Path(package.__file__ or "").read_text())
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    imported = {
+        alias.name
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported == set(package.__all__)
