@@ -236,6 +236,52 @@ def test_url_backend_creates_and_drops_only_its_own_databases(
         assert conn.execute("SELECT v FROM precious").fetchall() == [("untouched",)]
 
 
+def test_url_backend_as_a_role_that_may_only_create_databases(
+    pytester: pytest.Pytester, existing_server: ServerInfo
+) -> None:
+    """A shared server seldom hands out a superuser: CREATEDB must be enough."""
+    role = f"ci_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(existing_server.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB NOSUPERUSER")
+    before = databases(existing_server)
+    pytester.makepyfile(
+        """
+        COUNT = "SELECT count(*) AS n FROM services"
+
+        def test_rolled_back(pipeweave_database, pipeweave_seed):
+            assert pipeweave_database.one(COUNT)["n"] > 0
+
+        def test_committed(pipeweave_database_committed, pipeweave_factory):
+            pipeweave_factory.task_run()
+            assert pipeweave_database_committed.one(COUNT)["n"] == 1
+
+        def test_committed_rows_are_gone(pipeweave_database_committed):
+            assert pipeweave_database_committed.one(COUNT)["n"] == 0
+
+        def test_not_a_superuser(pipeweave_database):
+            assert pipeweave_database.one("SHOW is_superuser")["is_superuser"] == "off"
+        """
+    )
+    url = f"postgresql://{role}@127.0.0.1:{existing_server.port}/postgres"
+    run(pytester, f"--pipeweave-url={url}").assert_outcomes(passed=4)
+    assert databases(existing_server) == before
+
+
+def test_url_backend_refuses_a_role_that_may_not_create_databases(
+    pytester: pytest.Pytester, existing_server: ServerInfo
+) -> None:
+    role = f"ro_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(existing_server.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    pytester.makepyfile(DB_TEST)
+    url = f"postgresql://{role}@127.0.0.1:{existing_server.port}/postgres"
+    result = run(pytester, f"--pipeweave-url={url}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [f"*pipeweave: role '{role}' may not create databases: the url backend needs CREATEDB*"]
+    )
+
+
 # -- keep, leftovers, a dying server --------------------------------------------------------------
 
 
