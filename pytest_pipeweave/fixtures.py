@@ -120,10 +120,11 @@ def pipeweave_database(
 ) -> Iterator[Database]:
     """A Database whose every change is rolled back after the test.
 
-    In a test that also asks for ``pipeweave_database_committed`` (or ``pipeweave_env``), it
-    is that committed Database, so factories and seeds write where the test reads.
+    In a test that also asks for ``pipeweave_database_committed`` (or ``pipeweave_env``), or
+    that is marked ``@pytest.mark.pipeweave(committed=True)``, it is that committed Database,
+    so factories and seeds write where the test reads.
     """
-    if any(name in request.fixturenames for name in COMMITTED_FIXTURES):
+    if _committed_mode(request):
         yield request.getfixturevalue("pipeweave_database_committed")
         return
     try:
@@ -133,6 +134,21 @@ def pipeweave_database(
     except ServerGone as exc:
         error = exc
     pytest.fail(f"pipeweave: {error}", pytrace=False)
+
+
+def _committed_mode(request: pytest.FixtureRequest) -> bool:
+    if any(name in request.fixturenames for name in COMMITTED_FIXTURES):
+        return True
+    marker = request.node.get_closest_marker("pipeweave")
+    if marker is None:
+        return False
+    if marker.args or set(marker.kwargs) - {"committed"}:
+        pytest.fail(
+            f"pipeweave: @pytest.mark.pipeweave takes committed=True or committed=False, "
+            f"not {', '.join([*map(repr, marker.args), *marker.kwargs])}",
+            pytrace=False,
+        )
+    return bool(marker.kwargs.get("committed", False))
 
 
 @pytest.fixture

@@ -104,6 +104,11 @@ def settings_from(config: pytest.Config) -> Settings:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "pipeweave(committed=False): committed=True makes pipeweave_database, and the factory "
+        "and seed with it, commit as pipeweave_database_committed does",
+    )
     PipeweaveSession.install(config, settings_from(config))
 
 

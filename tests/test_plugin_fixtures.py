@@ -123,6 +123,50 @@ def test_committed_mode_is_seen_by_others_and_reset_after(pytester: pytest.Pytes
     run(pytester).assert_outcomes(passed=5)
 
 
+def test_committed_mode_by_marker(pytester: pytest.Pytester) -> None:
+    """As pytest-django's ``django_db(transaction=True)``: per test, class or module."""
+    pytester.makepyfile(
+        """
+        import psycopg
+        import pytest
+
+        COUNT = "SELECT count(*) AS n FROM services"
+
+        def seen_by_another_connection(url):
+            with psycopg.connect(url) as other:
+                return other.execute("SELECT count(*) FROM services").fetchone()[0]
+
+        @pytest.mark.pipeweave(committed=True)
+        def test_marked(pipeweave_database, pipeweave_factory, pipeweave_database_url):
+            pipeweave_factory.service()
+            assert seen_by_another_connection(pipeweave_database_url) == 1
+
+        def test_reset_after(pipeweave_database):
+            assert pipeweave_database.one(COUNT)["n"] == 0
+
+        @pytest.mark.pipeweave(committed=True)
+        class TestCommittedClass:
+            def test_in_class(self, pipeweave_seed, pipeweave_database_url):
+                assert seen_by_another_connection(pipeweave_database_url) > 0
+
+        @pytest.mark.pipeweave(committed=False)
+        def test_marked_rolled_back(pipeweave_database, pipeweave_factory, pipeweave_database_url):
+            pipeweave_factory.service()
+            assert pipeweave_database.one(COUNT)["n"] == 1
+            assert seen_by_another_connection(pipeweave_database_url) == 0
+
+        @pytest.mark.pipeweave(commited=True)
+        def test_misspelled(pipeweave_database):
+            pass
+        """
+    )
+    result = run(pytester, "--strict-markers", "-rf")
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*pipeweave: @pytest.mark.pipeweave takes committed=True or committed=False, not commited"]
+    )
+
+
 def test_factories_write_where_the_test_reads(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
