@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from pipeweave_db import Database, Row
+from pipeweave_db import CleanupResult, Database, Row
 from pytest_pipeweave.factories import PipeweaveFactory, code_hash
 
 __all__ = ["DLQ_RETENTION_DAYS", "SeedData", "seed_database"]
@@ -37,9 +37,9 @@ class SeedData:
     cache_expired: list[Row] = field(default_factory=list)
 
     @property
-    def expected_cleanup(self) -> tuple[int, int]:
-        """(expired cache entries, DLQ entries older than 30 days) that cleanup deletes."""
-        return len(self.cache_expired), len(self.dlq_old)
+    def expected_cleanup(self) -> CleanupResult:
+        """What ``cleanup(db)`` returns on the seed, so a test can compare the two."""
+        return CleanupResult(len(self.cache_expired), len(self.dlq_old))
 
     def all_task_runs(self) -> list[Row]:
         return [run for runs in self.task_runs.values() for run in runs]

@@ -505,13 +505,13 @@ def test_cleanup_prints_the_seeds_counts(
     pipeweave_database_committed: Database,
 ) -> None:
     db = pipeweave_database_committed
-    expired, old = pipeweave_seed.expected_cleanup
+    expected = pipeweave_seed.expected_cleanup
     result = run("cleanup", "--dlq-retention-days", "30", env=pipeweave_env)
     assert (result.code, result.stderr) == (0, "")
     assert result.stdout == (
         "✓ Cleanup complete\n"
-        f"  • Expired cache entries deleted: {expired}\n"
-        f"  • Old DLQ entries deleted: {old}\n"
+        f"  • Expired cache entries deleted: {expected.expired_cache_deleted}\n"
+        f"  • Old DLQ entries deleted: {expected.old_dlq_deleted}\n"
     )
     assert count(db, "idempotency_cache") == len(pipeweave_seed.cache_live)
     assert count(db, "dlq") == len(pipeweave_seed.dlq_recent)
@@ -526,12 +526,12 @@ def test_cleanup_prints_the_seeds_counts(
 def test_cleanup_json_defaults_to_30_days(
     pipeweave_env: dict[str, str], pipeweave_seed: SeedData
 ) -> None:
-    expired, old = pipeweave_seed.expected_cleanup
+    expected = pipeweave_seed.expected_cleanup
     result = run("cleanup", "--json", env=pipeweave_env)
     assert result.code == 0
     assert result.json() == {
-        "expired_cache_deleted": expired,
-        "old_dlq_deleted": old,
+        "expired_cache_deleted": expected.expired_cache_deleted,
+        "old_dlq_deleted": expected.old_dlq_deleted,
         "dlq_retention_days": 30,
     }
 

@@ -25,9 +25,8 @@ from pytest_pipeweave import PipeweaveFactory, SeedData
 def test_cleanup_deletes_what_the_seed_expects(
     pipeweave_database: Database, pipeweave_seed: SeedData
 ) -> None:
-    expired, old = pipeweave_seed.expected_cleanup
-    assert (expired, old) == (3, 2)
-    assert cleanup(pipeweave_database, dlq_retention_days=30) == CleanupResult(expired, old)
+    assert pipeweave_seed.expected_cleanup == CleanupResult(3, 2)
+    assert cleanup(pipeweave_database, dlq_retention_days=30) == pipeweave_seed.expected_cleanup
     assert cleanup(pipeweave_database) == CleanupResult(0, 0)
     remaining_cache = {
         r["idempotency_key"] for r in pipeweave_database.many("SELECT * FROM idempotency_cache")

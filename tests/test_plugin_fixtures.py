@@ -230,8 +230,7 @@ def test_seed(pytester: pytest.Pytester) -> None:
             retried = pipeweave_seed.retried_task_runs[0]
             assert retried["attempt"] == 2 and retried["scheduled_for"] is not None
             assert len(retried["previous_attempts"]) == 1
-            result = cleanup(db)
-            assert (result.expired_cache_deleted, result.old_dlq_deleted) == pipeweave_seed.expected_cleanup
+            assert cleanup(db) == pipeweave_seed.expected_cleanup
 
         def test_seed_is_gone_after(pipeweave_database):
             assert pipeweave_database.one("SELECT count(*) AS n FROM task_runs")["n"] == 0

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from workload import record
 
-from pipeweave_db import Database
+from pipeweave_db import CleanupResult, Database
 from pytest_pipeweave.factories import PipeweaveFactory
 
 SEEDS = 50
@@ -15,7 +15,7 @@ TASK_RUNS = 10_000
 
 @pytest.mark.parametrize("n", range(SEEDS))
 def test_seed(pipeweave_seed, n):
-    assert pipeweave_seed.expected_cleanup == (3, 2)
+    assert pipeweave_seed.expected_cleanup == CleanupResult(3, 2)
 
 
 def _task_runs(db):
