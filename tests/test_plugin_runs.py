@@ -236,13 +236,19 @@ def test_url_backend_creates_and_drops_only_its_own_databases(
         assert conn.execute("SELECT v FROM precious").fetchall() == [("untouched",)]
 
 
+def new_role(server: ServerInfo, options: str) -> tuple[str, str]:
+    """A fresh login role on ``server`` (with ``options``) and a URL that connects as it."""
+    role = f"role_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN {options}")
+    return role, f"postgresql://{role}@127.0.0.1:{server.port}/postgres"
+
+
 def test_url_backend_as_a_role_that_may_only_create_databases(
     pytester: pytest.Pytester, existing_server: ServerInfo
 ) -> None:
     """A shared server seldom hands out a superuser: CREATEDB must be enough."""
-    role = f"ci_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(existing_server.url(), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB NOSUPERUSER")
+    _, url = new_role(existing_server, "CREATEDB NOSUPERUSER")
     before = databases(existing_server)
     pytester.makepyfile(
         """
@@ -262,7 +268,6 @@ def test_url_backend_as_a_role_that_may_only_create_databases(
             assert pipeweave_database.one("SHOW is_superuser")["is_superuser"] == "off"
         """
     )
-    url = f"postgresql://{role}@127.0.0.1:{existing_server.port}/postgres"
     run(pytester, f"--pipeweave-url={url}").assert_outcomes(passed=4)
     assert databases(existing_server) == before
 
@@ -270,11 +275,8 @@ def test_url_backend_as_a_role_that_may_only_create_databases(
 def test_url_backend_refuses_a_role_that_may_not_create_databases(
     pytester: pytest.Pytester, existing_server: ServerInfo
 ) -> None:
-    role = f"ro_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(existing_server.url(), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN")
+    role, url = new_role(existing_server, "NOCREATEDB")
     pytester.makepyfile(DB_TEST)
-    url = f"postgresql://{role}@127.0.0.1:{existing_server.port}/postgres"
     result = run(pytester, f"--pipeweave-url={url}")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
