@@ -12,7 +12,7 @@ The chain, each link overridable in a conftest (as pytest-django's ``django_db_s
     pipeweave_factory           function  rows for every table
     pipeweave_seed              function  the standard dataset
 
-What a fixture needs of psycopg and the database code it imports when it first runs: this
+Each fixture imports the database code it needs (psycopg with it) when it first runs: this
 module is loaded into every pytest process, most of which never use a database.
 """
 
