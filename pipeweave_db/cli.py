@@ -696,6 +696,8 @@ class MethodResult:
     hint: str = ""
     server_version: str = ""
     schema: str = ""
+    schema_initialized: bool | None = None
+    schema_version: int | None = None
 
 
 def check_method(environ: Mapping[str, str]) -> MethodResult:
@@ -715,11 +717,19 @@ def check_method(environ: Mapping[str, str]) -> MethodResult:
         try:
             current = schema_status(db)
         except (psycopg.Error, PipeweaveError) as exc:
-            schema = f"could not check ({diagnose(exc).message})"
-        else:
-            schema = describe_schema(current)
+            return MethodResult(
+                "PASS",
+                config.masked_url,
+                server_version=f"PostgreSQL {version}",
+                schema=f"could not check ({diagnose(exc).message})",
+            )
     return MethodResult(
-        "PASS", config.masked_url, server_version=f"PostgreSQL {version}", schema=schema
+        "PASS",
+        config.masked_url,
+        server_version=f"PostgreSQL {version}",
+        schema=describe_schema(current),
+        schema_initialized=current.initialized,
+        schema_version=current.version,
     )
 
 
@@ -734,8 +744,9 @@ def describe_schema(current: SchemaStatus) -> str:
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="pipeweave-test-db")
+@json_option
 @click.pass_context
-def check_connections(ctx: click.Context) -> None:
+def check_connections(ctx: click.Context, as_json: bool) -> None:
     """Test the database connection settings found in the environment.
 
     The connection string is tried when DATABASE_URL is set; the individual credentials
@@ -750,43 +761,66 @@ def check_connections(ctx: click.Context) -> None:
     environ = dict(os.environ)
     without_url = {k: v for k, v in environ.items() if k != "DATABASE_URL"}
     methods = (
-        ("Connection string (DATABASE_URL)", bool(environ.get("DATABASE_URL")), environ),
         (
+            "connection_string",
+            "Connection string (DATABASE_URL)",
+            bool(environ.get("DATABASE_URL")),
+            environ,
+        ),
+        (
+            "individual_credentials",
             "Individual credentials (DB_HOST, DB_NAME, DB_USER)",
             any(environ.get(name) for name in _INDIVIDUAL_VARIABLES),
             without_url,
         ),
     )
-    outcomes = []
-    for index, (title, configured, method_environ) in enumerate(methods):
-        if index:
-            click.echo()
-        click.echo(f"=== {title} ===")
-        if not configured:
-            outcomes.append("SKIP")
-            click.echo("SKIP  not configured")
-            continue
-        result = check_method(method_environ)
-        outcomes.append(result.outcome)
-        click.echo(f"{result.outcome}  {result.target or '(no valid configuration)'}")
-        if result.reason:
-            click.echo(f"  Reason: {result.reason}")
-        if result.hint:
-            click.echo(f"  Hint: {result.hint}")
-        if result.server_version:
-            click.echo(f"  Server version: {result.server_version}")
-        if result.schema:
-            click.echo(f"  Schema initialized: {result.schema}")
-    click.echo()
-    counts = {outcome: outcomes.count(outcome) for outcome in ("PASS", "FAIL", "SKIP")}
-    click.echo(
-        f"Result: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped"
-    )
+    results = [
+        (key, title, check_method(method_environ) if configured else MethodResult("SKIP"))
+        for key, title, configured, method_environ in methods
+    ]
+    counts = {
+        outcome: [result.outcome for _, _, result in results].count(outcome)
+        for outcome in ("PASS", "FAIL", "SKIP")
+    }
+    if as_json:
+        echo_json(
+            {
+                "methods": [
+                    {"method": key, **dataclasses.asdict(result)} for key, _, result in results
+                ],
+                "passed": counts["PASS"],
+                "failed": counts["FAIL"],
+                "skipped": counts["SKIP"],
+            }
+        )
+    else:
+        for _, title, result in results:
+            echo_method(title, result)
+        click.echo(
+            f"Result: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped"
+        )
     if counts["FAIL"]:
         ctx.exit(DbTestExitCode.SOME_FAILED)
     if not counts["PASS"]:
         ctx.exit(DbTestExitCode.NOTHING_CONFIGURED)
     ctx.exit(DbTestExitCode.ALL_PASSED)
+
+
+def echo_method(title: str, result: MethodResult) -> None:
+    click.echo(f"=== {title} ===")
+    if result.outcome == "SKIP":
+        click.echo("SKIP  not configured")
+    else:
+        click.echo(f"{result.outcome}  {result.target or '(no valid configuration)'}")
+    for label, value in (
+        ("Reason", result.reason),
+        ("Hint", result.hint),
+        ("Server version", result.server_version),
+        ("Schema initialized", result.schema),
+    ):
+        if value:
+            click.echo(f"  {label}: {value}")
+    click.echo()
 
 
 # -- entry points -----------------------------------------------------------------------------

@@ -966,6 +966,32 @@ def test_db_with_password_authentication(
     assert lines[3] == "  Hint: Check username and password in your connection config"
 
 
+def test_db_json_for_ci_pipelines(
+    pipeweave_server: ServerInfo, pipeweave_env: dict[str, str]
+) -> None:
+    env = clean_env(DATABASE_URL=pipeweave_env["DATABASE_URL"], DB_HOST="127.0.0.1")
+    env.update(DB_PORT=str(free_port()), DB_NAME="pipeweave", DB_USER="u", DB_PASS="js-secret-7")
+    result = run_test_db("--json", env=env, secrets=["js-secret-7"])
+    assert (result.code, result.stderr) == (1, "")
+    report = result.json()
+    url, individual = report.pop("methods")
+    assert report == {"passed": 1, "failed": 1, "skipped": 0}
+    assert url["method"] == "connection_string"
+    assert url["outcome"] == "PASS"
+    assert url["server_version"].startswith(f"PostgreSQL {pipeweave_server.version}")
+    assert (url["schema_initialized"], url["schema_version"]) == (True, LATEST.version)
+    assert individual["method"] == "individual_credentials"
+    assert individual["outcome"] == "FAIL"
+    assert individual["target"].startswith("postgresql://u:***@127.0.0.1:")
+    assert individual["reason"].endswith("Connection refused")
+    assert individual["hint"].startswith("Ensure PostgreSQL is running")
+    assert individual["schema_initialized"] is None
+
+    nothing = run_test_db("--json", env=clean_env())
+    assert nothing.code == 2
+    assert [m["outcome"] for m in nothing.json()["methods"]] == ["SKIP", "SKIP"]
+
+
 def test_db_reports_bad_configuration_as_failure() -> None:
     env = clean_env(DATABASE_URL="mysql://u:cfg-secret-9@127.0.0.1/db", DB_HOST="127.0.0.1")
     result = run_test_db(env=env, secrets=["cfg-secret-9"])
