@@ -471,21 +471,23 @@ def echo_status(current: SchemaStatus, code: ExitCode) -> None:
 @cli.command()
 @connection_options
 @click.option("--yes", "-y", is_flag=True, help="Reset without asking (needed without a terminal).")
-def reset(connection: ConnectionOptions, yes: bool) -> None:
+@json_option
+def reset(connection: ConnectionOptions, yes: bool, as_json: bool) -> None:
     """Drop the PipeWeave tables and recreate them empty (DESTRUCTIVE).
 
     Only PipeWeave's tables, functions and migration records are dropped: other tables in
     the database are never touched. Without --yes it asks on a terminal, and refuses
-    (exit 1) when there is none.
+    (exit 1) when there is none. With --json the warning and the question go to stderr.
     """
     marks = symbols()
-    with connect(connection) as db:
+    with connect(connection, as_json=as_json) as db:
         present = schema_status(db).tables  # proves the connection before anyone is asked
-        click.echo(f"{marks.warning} WARNING: This will delete all data!")
-        click.echo(f"  Database: {where(db)}")
+        click.echo(f"{marks.warning} WARNING: This will delete all data!", err=as_json)
+        click.echo(f"  Database: {where(db)}", err=as_json)
         click.echo(
             f"  Drops and recreates the PipeWeave tables ({len(present)} present); "
-            "other tables are kept."
+            "other tables are kept.",
+            err=as_json,
         )
         if not yes:
             if sys.stdin is None or not sys.stdin.isatty():
@@ -494,11 +496,21 @@ def reset(connection: ConnectionOptions, yes: bool) -> None:
                         "refused",
                         "refusing to reset without --yes",
                         "Run `pipeweave-db reset --yes` to confirm (there is no terminal to ask)",
-                    )
+                    ),
+                    as_json=as_json,
                 )
-            click.confirm("Drop all PipeWeave tables and their data?", abort=True)
+            click.confirm("Drop all PipeWeave tables and their data?", abort=True, err=as_json)
         result = reset_schema(db)
         version = schema_status(db).version
+    if as_json:
+        echo_json(
+            {
+                "dropped_tables": list(present),
+                "created_tables": list(result.created_tables),
+                "schema_version": version,
+            }
+        )
+        return
     click.echo(
         f"{marks.check} Database reset: {len(result.created_tables)} tables recreated empty "
         f"(schema version {version})"

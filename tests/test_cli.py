@@ -32,7 +32,7 @@ from pytest_pipeweave.runs import base_dir
 from pytest_pipeweave.servers.local import find_pg_bin, free_port
 
 COMMANDS = ("init", "status", "reset", "cleanup", "migrate")
-JSON_COMMANDS = ("init", "status", "cleanup", "migrate")
+JSON_COMMANDS = ("init", "status", "reset", "cleanup", "migrate")
 # What each command needs besides the connection to run without asking anything.
 COMMAND_ARGS = {"reset": ["--yes"]}
 LATEST = load_migrations()[-1]
@@ -433,6 +433,29 @@ def test_reset_without_yes_and_without_a_terminal_refuses(
         "Hint: Run `pipeweave-db reset --yes` to confirm (there is no terminal to ask)",
     ]
     assert count(pipeweave_database_committed, "services") == services > 0
+
+
+def test_reset_json(
+    pipeweave_env: dict[str, str],
+    pipeweave_seed: SeedData,
+    pipeweave_database_committed: Database,
+) -> None:
+    db = pipeweave_database_committed
+    add_foreign_table(db)
+    refused = run("reset", "--json", env=pipeweave_env)
+    assert refused.code == 1
+    assert refused.json()["error"]["kind"] == "refused"
+    assert count(db, "services") > 0
+    result = run("reset", "--yes", "--json", env=pipeweave_env)
+    assert result.code == 0, result.output
+    assert result.json() == {
+        "dropped_tables": list(PIPEWEAVE_TABLES),
+        "created_tables": list(PIPEWEAVE_TABLES),
+        "schema_version": LATEST.version,
+    }
+    assert result.stderr.startswith("⚠ WARNING: This will delete all data!\n")
+    assert all(count(db, table) == 0 for table in PIPEWEAVE_TABLES)
+    assert db.many("SELECT * FROM my_app_notes") == [{"id": 1, "note": "keep me"}]
 
 
 def run_with_terminal(args: Sequence[str], env: dict[str, str], answer: str) -> Run:

@@ -63,6 +63,7 @@ def test_no_password_in_any_cli_output(guarded: ServerInfo) -> None:
         ["init", "--json"],
         ["reset"],
         ["reset", "--yes"],
+        ["reset", "--yes", "--json"],
     ):
         outputs.append(run(*args, env=good_env, secrets=[CANARY]).output)
         outputs.append(
@@ -85,10 +86,13 @@ def test_no_password_in_any_cli_output(guarded: ServerInfo) -> None:
                 secrets=[wrong],
             ).output
         )
-    outputs.append(run_test_db(env=good_env, secrets=[CANARY]).output)
-    outputs.append(
-        run_test_db(env=clean_env(DATABASE_URL=url(guarded, wrong)), secrets=[wrong]).output
-    )
+    for args in ([], ["--json"]):
+        outputs.append(run_test_db(*args, env=good_env, secrets=[CANARY]).output)
+        outputs.append(
+            run_test_db(
+                *args, env=clean_env(DATABASE_URL=url(guarded, wrong)), secrets=[wrong]
+            ).output
+        )
     assert any("password authentication failed" in out for out in outputs)
     assert any("=== Database Status ===" in out for out in outputs)
 
