@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -726,22 +727,20 @@ def check_method(environ: Mapping[str, str]) -> MethodResult:
             return MethodResult(
                 "FAIL", config.masked_url, reason=failure.message, hint=failure.hint
             )
+        current: SchemaStatus | None
         try:
             current = schema_status(db)
+            schema = describe_schema(current)
         except (psycopg.Error, PipeweaveError) as exc:
-            return MethodResult(
-                "PASS",
-                config.masked_url,
-                server_version=f"PostgreSQL {version}",
-                schema=f"could not check ({diagnose(exc).message})",
-            )
+            current = None
+            schema = f"could not check ({diagnose(exc).message})"
     return MethodResult(
         "PASS",
         config.masked_url,
         server_version=f"PostgreSQL {version}",
-        schema=describe_schema(current),
-        schema_initialized=current.initialized,
-        schema_version=current.version,
+        schema=schema,
+        schema_initialized=current.initialized if current else None,
+        schema_version=current.version if current else None,
     )
 
 
@@ -790,10 +789,7 @@ def check_connections(ctx: click.Context, as_json: bool) -> None:
         (key, title, check_method(method_environ) if configured else MethodResult("SKIP"))
         for key, title, configured, method_environ in methods
     ]
-    counts = {
-        outcome: [result.outcome for _, _, result in results].count(outcome)
-        for outcome in ("PASS", "FAIL", "SKIP")
-    }
+    counts = Counter(result.outcome for _, _, result in results)
     if as_json:
         echo_json(
             {
