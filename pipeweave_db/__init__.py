@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from pipeweave_db._lazy import lazy_exports
+from pipeweave_db.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pipeweave_db.config import DatabaseConfig, config_from_env, mask_url
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         test_connection,
     )
     from pipeweave_db.errors import (
+        ArgumentError,
         ConfigError,
         MigrationError,
         PipeweaveError,
@@ -52,6 +53,7 @@ except metadata.PackageNotFoundError:  # imported from a source tree that was ne
 __all__ = [
     "PIPEWEAVE_TABLES",
     "AppliedMigration",
+    "ArgumentError",
     "CleanupResult",
     "ConfigError",
     "Database",
@@ -94,6 +96,7 @@ __getattr__, __dir__ = lazy_exports(
             "test_connection",
         ),
         "errors": (
+            "ArgumentError",
             "ConfigError",
             "MigrationError",
             "PipeweaveError",

@@ -320,15 +320,18 @@ def _ssl_from_env(value: str) -> bool | str:
     )
 
 
-def _env_flag(value: str | None, name: str) -> bool:
-    if value is None:
-        return False
+def parse_flag(value: str, name: str) -> bool:
+    """A yes/no setting: true, 1, yes, on or false, 0, no, off (any case); else a ConfigError."""
     lowered = value.strip().lower()
     if lowered in _TRUE:
         return True
     if lowered in _FALSE:
         return False
     raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _env_flag(value: str | None, name: str) -> bool:
+    return False if value is None else parse_flag(value, name)
 
 
 def _env_number(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from pipeweave_db.errors import require_whole_number
+
 if TYPE_CHECKING:
     from pipeweave_db.database import Database
 
@@ -57,7 +59,7 @@ def cleanup(
 ) -> CleanupResult:
     """Delete expired cache entries and DLQ entries older than ``dlq_retention_days``."""
     # Checked before the cache part runs: a bad retention must not leave half a cleanup.
-    days = _whole_number(dlq_retention_days, "dlq_retention_days", 0)
+    days = require_whole_number(dlq_retention_days, "dlq_retention_days", 0)
     return CleanupResult(
         expired_cache_deleted=cleanup_expired_cache(db, batch_size=batch_size),
         old_dlq_deleted=cleanup_old_dlq(db, days, batch_size=batch_size),
@@ -66,7 +68,7 @@ def cleanup(
 
 def cleanup_expired_cache(db: Database, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     """Delete idempotency cache entries that expired before now; return how many."""
-    _whole_number(batch_size, "batch_size", 1)
+    require_whole_number(batch_size, "batch_size", 1)
     return _delete_in_batches(db, _DELETE_EXPIRED_CACHE, [_start(db)], batch_size)
 
 
@@ -77,8 +79,8 @@ def cleanup_old_dlq(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> int:
     """Delete DLQ entries that failed more than ``retention_days`` ago; return how many."""
-    days = _whole_number(retention_days, "dlq_retention_days", 0)
-    _whole_number(batch_size, "batch_size", 1)
+    days = require_whole_number(retention_days, "dlq_retention_days", 0)
+    require_whole_number(batch_size, "batch_size", 1)
     # The retention is subtracted by PostgreSQL: a cut-off thousands of years back is valid
     # there, not in Python's datetime.
     cutoff = [_start(db), min(days, _MAX_RETENTION_DAYS)]
@@ -98,9 +100,3 @@ def _delete_in_batches(db: Database, statement: str, cutoff: list[Any], batch_si
         total += deleted
         if deleted < batch_size:
             return total
-
-
-def _whole_number(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return value

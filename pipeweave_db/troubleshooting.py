@@ -86,9 +86,7 @@ def diagnose(error: BaseException) -> Diagnosis:
         primary = error.diag.message_primary if error.sqlstate else None
         return Diagnosis("database_error", _one_line(primary or _first_line(str(error))))
     if isinstance(error, PipeweaveError):
-        # ConfigError -> config_error, MigrationError -> migration_error, ...
-        kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
-        return Diagnosis(kind, _one_line(str(error)))
+        return Diagnosis(error.kind, _one_line(str(error)))
     return Diagnosis("error", _one_line(str(error)) or type(error).__name__)
 
 

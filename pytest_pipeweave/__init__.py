@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeweave_db._lazy import lazy_exports
+from pipeweave_db.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pytest_pipeweave.databases import (

@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pipeweave_db import Database, Row
+from pipeweave_db.errors import require_whole_number
 
 __all__ = ["DEFAULT_IDEMPOTENCY_TTL", "PipeweaveFactory", "code_hash", "idempotency_key"]
 
@@ -142,8 +143,7 @@ class PipeweaveFactory:
         They share one task and one pipeline run (created here unless given); every column is
         as ``task_run`` makes it, and a keyword overrides it in every row.
         """
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"count must be a whole number >= 0, got {count!r}")
+        require_whole_number(count, "count", 0)
         if "task_id" not in overrides:
             task = task or self.task()
         if "pipeline_run_id" not in overrides:
