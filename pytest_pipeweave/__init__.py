@@ -1,4 +1,8 @@
-"""pytest-pipeweave: fast, isolated PipeWeave databases for tests (the plugin is ``plugin``)."""
+"""pytest-pipeweave: fast, isolated PipeWeave databases for tests (the plugin is ``plugin``).
+
+Outside pytest, ``ephemeral_server()`` and ``ephemeral_database()`` give the same servers and
+databases to a script, a notebook or a unittest suite.
+"""
 
 from __future__ import annotations
 
@@ -8,41 +12,60 @@ from pipeweave_db.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pytest_pipeweave.databases import (
+        DatabaseJanitor,
+        Template,
         TemplateSetup,
-        WorkerDatabase,
         clone_database,
         create_template,
         drop_database,
     )
+    from pytest_pipeweave.ephemeral import ephemeral_database, ephemeral_server
+    from pytest_pipeweave.errors import (
+        BinariesNotFound,
+        PluginError,
+        RestoreFailed,
+        ServerGone,
+        ServerUnavailable,
+    )
     from pytest_pipeweave.factories import PipeweaveFactory, code_hash, idempotency_key
+    from pytest_pipeweave.isolation import WorkerDatabase
+    from pytest_pipeweave.runs import new_run_key
     from pytest_pipeweave.seed import SeedData, seed_database
     from pytest_pipeweave.servers import (
         DockerServer,
         ExistingServer,
         LocalServer,
         Server,
-        ServerGone,
         ServerInfo,
-        ServerUnavailable,
     )
+    from pytest_pipeweave.settings import Settings
 
 __all__ = [
+    "BinariesNotFound",
+    "DatabaseJanitor",
     "DockerServer",
     "ExistingServer",
     "LocalServer",
     "PipeweaveFactory",
+    "PluginError",
+    "RestoreFailed",
     "SeedData",
     "Server",
     "ServerGone",
     "ServerInfo",
     "ServerUnavailable",
+    "Settings",
+    "Template",
     "TemplateSetup",
     "WorkerDatabase",
     "clone_database",
     "code_hash",
     "create_template",
     "drop_database",
+    "ephemeral_database",
+    "ephemeral_server",
     "idempotency_key",
+    "new_run_key",
     "seed_database",
 ]
 
@@ -50,22 +73,26 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "databases": (
+            "DatabaseJanitor",
+            "Template",
             "TemplateSetup",
-            "WorkerDatabase",
             "clone_database",
             "create_template",
             "drop_database",
         ),
-        "factories": ("PipeweaveFactory", "code_hash", "idempotency_key"),
-        "seed": ("SeedData", "seed_database"),
-        "servers": (
-            "DockerServer",
-            "ExistingServer",
-            "LocalServer",
-            "Server",
+        "ephemeral": ("ephemeral_database", "ephemeral_server"),
+        "errors": (
+            "BinariesNotFound",
+            "PluginError",
+            "RestoreFailed",
             "ServerGone",
-            "ServerInfo",
             "ServerUnavailable",
         ),
+        "factories": ("PipeweaveFactory", "code_hash", "idempotency_key"),
+        "isolation": ("WorkerDatabase",),
+        "runs": ("new_run_key",),
+        "seed": ("SeedData", "seed_database"),
+        "servers": ("DockerServer", "ExistingServer", "LocalServer", "Server", "ServerInfo"),
+        "settings": ("Settings",),
     },
 )

@@ -1,7 +1,8 @@
 """Test databases on a server: the template holding the schema, clones of it, dropping them.
 
 Works outside pytest too: ``create_template(server, "tpl")`` then
-``clone_database(server, "tpl", "mine")`` gives an initialized database in milliseconds.
+``clone_database(server, "tpl", "mine")`` gives an initialized database in milliseconds, and
+``DatabaseJanitor`` does the same for a run of several processes, cleaning up after it.
 Names are always quoted identifiers, comments quoted literals: nothing is pasted into SQL.
 """
 
@@ -10,31 +11,36 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
 
-from pipeweave_db import Database, create_database, initialize_schema
-from pytest_pipeweave.restore import DatabaseSnapshot
-from pytest_pipeweave.servers.base import ServerGone, ServerInfo
+from pipeweave_db import ArgumentError, Database, create_database, initialize_schema
+from pytest_pipeweave.errors import ServerUnavailable, first_line
+from pytest_pipeweave.servers.base import ServerInfo
 
 NAME_PREFIX = "pytest_pipeweave_"
-OWNER_COMMENT = re.compile(r"^pytest-pipeweave run=(?P<run>.+) host=(?P<host>\S+)$")
+TEMPLATE_SUFFIX = "template"
+# A database comment: the run that owns it, and the host it ran on (for people reading it).
+_OWNER = re.compile(
+    r"^pytest-pipeweave run=(?P<run>[0-9a-f]{12}) host=\S+(?P<building> building)?$"
+)
+# High 16 bits of the advisory lock keys; the low 48 are the run key's 12 hex digits.
+_RUN_LOCK = 0x7077
+_BUILD_LOCK = 0x7078
 
 TemplateSetup = Callable[[Database], None]
+Connection = psycopg.Connection[tuple[Any, ...]]
 
 
-def admin_connection(server: ServerInfo) -> psycopg.Connection[tuple[object, ...]]:
+def admin_connection(server: ServerInfo) -> Connection:
     """An autocommit connection to the server's maintenance database."""
-    return psycopg.connect(server.url(server.admin_database), autocommit=True, connect_timeout=10)
-
-
-def owner_comment(run_path: str) -> str:
-    """What a database's comment says, so that a later run can tell it is a dead run's."""
-    return f"pytest-pipeweave run={run_path} host={socket.gethostname()}"
+    return psycopg.connect(server.admin_url, autocommit=True, connect_timeout=10)
 
 
 def database_name(run_key: str, suffix: str) -> str:
@@ -70,11 +76,15 @@ def clone_database(
         _create(conn, name, template, comment)
 
 
-def _create(
-    conn: psycopg.Connection[tuple[object, ...]], name: str, template: str, comment: str | None
-) -> None:
+def drop_database(server: ServerInfo, name: str) -> None:
+    """Drop ``name`` if it exists, disconnecting whoever is still connected to it."""
+    with admin_connection(server) as conn:
+        _drop(conn, name)
+
+
+def _create(conn: Connection, name: str, template: str, comment: str | None) -> None:
     """CREATE DATABASE by file copy: on PostgreSQL 15+ the default, WAL_LOG, writes the whole
-    template into the WAL (15 ms a database against 10 ms here)."""
+    template into the WAL, which costs more than copying its files."""
     statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
         sql.Identifier(name), sql.Identifier(template)
     )
@@ -85,46 +95,21 @@ def _create(
         _comment(conn, name, comment)
 
 
-def drop_database(server: ServerInfo, name: str) -> None:
-    """Drop ``name`` if it exists, disconnecting whoever is still connected to it."""
-    with admin_connection(server) as conn:
-        if conn.info.server_version >= 130000:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-            return
+def _drop(conn: Connection, name: str) -> None:
+    if conn.info.server_version >= 130000:
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            [name],
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        return
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = %s AND pid <> pg_backend_pid()",
+        [name],
+    )
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def our_databases(server: ServerInfo) -> dict[str, str | None]:
-    """Databases named like ours on ``server``, with their comments."""
-    with admin_connection(server) as conn:
-        rows = conn.execute(
-            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
-            " WHERE starts_with(datname, %s)",
-            [NAME_PREFIX],
-        ).fetchall()
-    return {str(name): (str(comment) if comment else None) for name, comment in rows}
-
-
-def drop_leftover_databases(server: ServerInfo, run_is_dead: Callable[[str], bool]) -> list[str]:
-    """Drop databases whose comment names a run on this host that has ended; nothing else."""
-    dropped = []
-    here = socket.gethostname()
-    for name, comment in our_databases(server).items():
-        match = OWNER_COMMENT.match(comment or "")
-        if match and match.group("host") == here and run_is_dead(match.group("run")):
-            drop_database(server, name)
-            dropped.append(name)
-    return dropped
-
-
-def _comment(conn: psycopg.Connection[tuple[object, ...]], name: str, comment: str) -> None:
+def _comment(conn: Connection, name: str, comment: str) -> None:
     with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
         conn.execute(
             sql.SQL("COMMENT ON DATABASE {} IS {}").format(
@@ -133,112 +118,210 @@ def _comment(conn: psycopg.Connection[tuple[object, ...]], name: str, comment: s
         )
 
 
-class WorkerDatabase:
-    """This process's test database, cloned from the template.
+def _databases(conn: Connection, run_key: str | None = None) -> list[tuple[str, str]]:
+    """(run key, name) of the databases of our runs (of ``run_key``'s), by their comments.
 
-    Rollback tests share one connection (a transaction each, rolled back); committed tests
-    share one pool, and after each the database is restored to its template state, or cloned
-    again when a test changed the schema.
+    A kept database's comment says so, and does not match: it is never dropped as a leftover.
+    """
+    rows = conn.execute(
+        "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
+        " WHERE starts_with(datname, %s)",
+        [database_name(run_key, "") if run_key else NAME_PREFIX],
+    ).fetchall()
+    found = []
+    for name, comment in rows:
+        match = _OWNER.match(comment or "")
+        if match and str(name).startswith(database_name(match.group("run"), "")):
+            found.append((match.group("run"), str(name)))
+    return found
+
+
+@dataclass(frozen=True)
+class Template:
+    """The run's template database, and how long building it took (None: built before)."""
+
+    name: str
+    build_seconds: float | None
+
+
+class DatabaseJanitor:
+    """A run's databases on one server, created and dropped through one admin connection.
+
+    While open it holds the run's advisory lock (shared) on the server: any process, on any
+    host, can tell a live run's databases from a dead one's by trying that lock. So opening
+    one on a server that outlives runs (``ServerInfo.ephemeral`` false) drops the databases
+    of runs that ended without cleaning up (killed), and closing it drops the run's own
+    databases when this was the run's last process, unless ``keep``. On an ephemeral server
+    nothing is dropped: the server takes its databases with it.
+
+    The processes of one run (pytest-xdist workers) share ``run_key``: the first to ask builds
+    the template, under the run's build lock, and the others reuse it.
     """
 
-    def __init__(self, server: ServerInfo, template: str, name: str, comment: str | None = None):
+    def __init__(self, server: ServerInfo, run_key: str, *, keep: bool = False) -> None:
+        if not re.fullmatch(r"[0-9a-f]{12}", run_key):
+            raise ArgumentError(f"run_key must be 12 hex digits (new_run_key()), got {run_key!r}")
         self.server = server
-        self.template = template
-        self.name = name
-        self.comment = comment
-        self.url = server.url(name)
-        self._conn: psycopg.Connection[Any] | None = None
-        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
-        self._snapshot: DatabaseSnapshot | None = None
+        self.run_key = run_key
+        self.keep = keep
+        self._owner = f"pytest-pipeweave run={run_key} host={socket.gethostname()}"
+        self._conn: Connection | None = None
+        self._open()
+        if not server.ephemeral:
+            self.drop_dead_runs()
 
-    def create(self) -> None:
-        clone_database(self.server, self.template, self.name, comment=self.comment)
+    # -- the run's databases ---------------------------------------------------------------
 
-    def connection(self) -> psycopg.Connection[Any]:
-        """The shared autocommit connection, reopened if a test closed or broke it."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            with self._gone_on_failure():
-                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-        return self._conn
+    def name(self, suffix: str) -> str:
+        return database_name(self.run_key, suffix)
 
-    @contextlib.contextmanager
-    def rolled_back(self) -> Iterator[Database]:
-        """A Database inside a transaction on the shared connection, rolled back at the end.
-
-        BEGIN doubles as a liveness check: a server that died since the last test shows here,
-        as ServerGone, not as a hang or a confusing error inside the test.
-        """
-        conn = self.connection()
-        stack = contextlib.ExitStack()
+    def template(self, setup: TemplateSetup | None = None) -> Template:
+        """The run's template (schema, then ``setup``), built now unless a process of the run
+        has built it already."""
+        name = self.name(TEMPLATE_SUFFIX)
+        conn = self._admin()
+        conn.execute("SELECT pg_advisory_lock(%s)", [self._lock_id(_BUILD_LOCK)])
         try:
-            stack.enter_context(conn.transaction(force_rollback=True))
-        except psycopg.OperationalError:
-            conn = self.connection()
-            with self._gone_on_failure():
-                stack.enter_context(conn.transaction(force_rollback=True))
-        try:
-            with stack:
-                yield Database.bound(conn)
-        except psycopg.OperationalError:
-            if not conn.broken:
-                raise
-
-    def committed(self) -> Database:
-        """A Database over the shared pool: its statements commit for real."""
-        with self._gone_on_failure():
-            conn = self.connection()
+            comment = self._comment_of(name)
+            if comment is not None and not comment.endswith(" building"):
+                return Template(name, None)
+            started = time.perf_counter()
+            if comment is not None:  # a process of the run died while building it
+                _drop(conn, name)
+            _create(conn, name, "template1", f"{self._owner} building")
             try:
-                conn.execute("SELECT 1")
-            except psycopg.OperationalError:
-                conn = self.connection()
-            if self._snapshot is None:
-                self._snapshot = DatabaseSnapshot.capture(conn)
-            if self._pool is None:
-                self._pool = ConnectionPool(
-                    self.url,
-                    min_size=1,
-                    max_size=10,
-                    kwargs={"autocommit": True},
-                    check=ConnectionPool.check_connection,
-                    timeout=10,
-                    open=True,
-                )
-        return Database.from_pool(self._pool)
+                with create_database(connection_string=self.server.url(name), max=1) as db:
+                    initialize_schema(db)
+                    if setup is not None:
+                        setup(db)
+            except BaseException:
+                _drop(self._admin(), name)
+                raise
+            _comment(self._admin(), name, self._comment())
+            return Template(name, round(time.perf_counter() - started, 3))
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                self._admin().execute("SELECT pg_advisory_unlock(%s)", [self._lock_id(_BUILD_LOCK)])
 
-    def reset(self) -> None:
-        """Back to the template's state after a committed test: restore, else clone again."""
-        assert self._snapshot is not None
-        with self._gone_on_failure():
-            if not self._snapshot.restore(self.connection()):
-                self.close()
-                drop_database(self.server, self.name)
-                self.create()
-                self._snapshot = None
-
-    @contextlib.contextmanager
-    def _gone_on_failure(self) -> Iterator[None]:
+    def create(self, suffix: str, setup: TemplateSetup | None = None) -> str:
+        """A database of the run with the PipeWeave schema (and ``setup``); its URL."""
+        name = self.name(suffix)
+        _create(self._admin(), name, "template1", self._comment())
         try:
-            yield
-        except psycopg.OperationalError as exc:
-            raise ServerGone(
-                f"the {self.server.backend} test server stopped answering ({_first_line(exc)})"
-            ) from None
+            with create_database(connection_string=self.server.url(name), max=1) as db:
+                initialize_schema(db)
+                if setup is not None:
+                    setup(db)
+        except BaseException:
+            self.drop(name)
+            raise
+        return self.server.url(name)
+
+    def clone(self, template: str, suffix: str) -> str:
+        """A database of the run copied from ``template``; its URL."""
+        name = self.name(suffix)
+        _create(self._admin(), name, template, self._comment())
+        return self.server.url(name)
+
+    def recreate(self, template: str, name: str) -> None:
+        """``name`` dropped and copied from ``template`` again."""
+        self.drop(name)
+        _create(self._admin(), name, template, self._comment())
+
+    def drop(self, name: str) -> None:
+        _drop(self._admin(), name)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Leave the run; its last process drops its databases (see the class). Idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("SELECT pg_advisory_unlock_shared(%s)", [self._lock_id(_RUN_LOCK)])
+            if not (self.keep or self.server.ephemeral):
+                self._drop_run(conn, self.run_key)
+        except psycopg.Error:
+            pass  # the server is gone, and what it held with it
+        finally:
+            conn.close()
 
-    def drop(self) -> None:
+    def __enter__(self) -> DatabaseJanitor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
-        # A server that died took the database with it: nothing is left to drop.
-        with contextlib.suppress(psycopg.OperationalError):
-            drop_database(self.server, self.name)
 
+    # -- other runs' leftovers -------------------------------------------------------------
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    def drop_dead_runs(self) -> list[str]:
+        """Drop the databases of runs that no process holds any more; return their names."""
+        dropped = []
+        conn = self._admin()
+        for run_key in sorted({run for run, _ in _databases(conn)} - {self.run_key}):
+            dropped += self._drop_run(conn, run_key)
+        return dropped
+
+    def _drop_run(self, conn: Connection, run_key: str) -> list[str]:
+        """Drop ``run_key``'s databases if no process of that run is left (nor joins meanwhile)."""
+        lock = self._lock_id(_RUN_LOCK, run_key)
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", [lock]).fetchone()[0]:  # type: ignore[index]
+            return []
+        try:
+            names = [name for _, name in _databases(conn, run_key)]
+            for name in names:
+                _drop(conn, name)
+            return names
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [lock])
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            conn = admin_connection(self.server)
+        except psycopg.Error as exc:
+            raise ServerUnavailable(
+                f"cannot reach the {self.server.backend} server: {first_line(exc)}"
+            ) from None
+        row = conn.execute(
+            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        if not (row and row[0]):
+            conn.close()
+            raise ServerUnavailable(
+                f"role {self.server.user!r} may not create databases: "
+                f"the {self.server.backend} backend needs CREATEDB"
+            )
+        conn.execute("SELECT pg_advisory_lock_shared(%s)", [self._lock_id(_RUN_LOCK)])
+        self._conn = conn
+
+    def _admin(self) -> Connection:
+        """The admin connection, opened again (with the run's lock) if the server restarted."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._open()
+        assert self._conn is not None
+        return self._conn
+
+    def _comment(self) -> str:
+        return f"{self._owner} kept" if self.keep else self._owner
+
+    def _comment_of(self, name: str) -> str | None:
+        """``name``'s comment ("" without one), or None when there is no such database."""
+        row = (
+            self._admin()
+            .execute(
+                "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database"
+                " WHERE datname = %s",
+                [name],
+            )
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def _lock_id(self, namespace: int, run_key: str | None = None) -> int:
+        return (namespace << 48) | int(run_key or self.run_key, 16)

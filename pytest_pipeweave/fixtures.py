@@ -1,16 +1,21 @@
-"""The public fixtures. Thin: they compose the server, the databases and the reset.
+"""The fixtures: a chain in which each link receives what it needs as fixture arguments.
 
-The chain, each link overridable in a conftest (as pytest-django's ``django_db_setup``)::
+::
 
-    pipeweave_server            session   the running server (ServerInfo)
-    pipeweave_template_setup    session   None, or a function that adds to the template once
-    pipeweave_database_url      session   this process's database, cloned from the template
-    pipeweave_config            session   a DatabaseConfig for it
-    pipeweave_database          function  rolled back after the test (committed if asked)
-    pipeweave_database_committed function real commits; the database is restored after
-    pipeweave_env               function  DATABASE_URL for create_database_from_env and the CLI
-    pipeweave_factory           function  rows for every table
-    pipeweave_seed              function  the standard dataset
+    pipeweave_server              session   the running server (ServerInfo)
+    pipeweave_template_setup      session   None, or a function that adds to the template once
+    pipeweave_template            session   the database every test database is copied from
+    pipeweave_database_url        session   this process's test database, copied from it
+    pipeweave_config              session   a DatabaseConfig for it
+    pipeweave_database            function  rolled back after the test (committed if asked)
+    pipeweave_database_committed  function  real commits; the database is restored after
+    pipeweave_env                 function  DATABASE_URL for create_database_from_env and the CLI
+    pipeweave_factory             function  rows for every table
+    pipeweave_seed                function  the standard dataset
+
+Override any link in a conftest.py (keeping its scope) and everything below it follows, as
+with pytest-django's ``django_db_setup``: a ``pipeweave_server`` of your own means the plugin
+starts no server; a ``pipeweave_database_url`` of your own means it needs none.
 
 Each fixture imports the database code it needs (psycopg with it) when it first runs: this
 module is loaded into every pytest process, most of which never use a database.
@@ -18,49 +23,79 @@ module is loaded into every pytest process, most of which never use a database.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeweave_db.config import DatabaseConfig
-from pytest_pipeweave.servers import ServerGone, ServerInfo, ServerUnavailable
+from pytest_pipeweave.errors import PluginError
+from pytest_pipeweave.servers import ServerInfo
 from pytest_pipeweave.session import PipeweaveSession
 
 if TYPE_CHECKING:
     from pipeweave_db import Database
-    from pytest_pipeweave.databases import TemplateSetup, WorkerDatabase
+    from pytest_pipeweave.databases import DatabaseJanitor, TemplateSetup
     from pytest_pipeweave.factories import PipeweaveFactory
+    from pytest_pipeweave.isolation import WorkerDatabase
     from pytest_pipeweave.seed import SeedData
 
-T = TypeVar("T")
 COMMITTED_FIXTURES = ("pipeweave_database_committed", "pipeweave_env")
 # Variables that would send create_database_from_env() somewhere else than the test database.
 _CLEARED_VARIABLES = ("AUTO_INIT_DB", "NODE_ENV", "PIPEWEAVE_ENV")
+# How to open the test databases the plugin copied from a template (by URL): so that one that
+# a committed test changed the schema of is copied again. A URL from an overridden
+# pipeweave_database_url is not in it.
+_WORKER_DATABASES = pytest.StashKey[dict[str, "Callable[[], WorkerDatabase]"]]()
 
 
 def _session(request: pytest.FixtureRequest) -> PipeweaveSession:
     return PipeweaveSession.of(request.config)
 
 
-def _fail_if_gone(step: Callable[[], T]) -> T:
-    """``step()``, or a one-line test failure (not a traceback) when the server is gone."""
+@contextlib.contextmanager
+def _one_line_failures() -> Iterator[None]:
+    """The plugin's own errors (no server, a server gone) as one line in the report."""
     try:
-        return step()
-    except ServerGone as exc:
-        error = exc
-    pytest.fail(f"pipeweave: {error}", pytrace=False)
+        yield
+    except PluginError as exc:
+        # Raised from a with block's exit: without "from None" the report would show the
+        # PluginError too, as the exception being handled.
+        raise pytest.fail.Exception(f"pipeweave: {exc}", pytrace=False) from None
+
+
+def _pipeweave_marker(committed: bool = False) -> bool:
+    """The signature of ``@pytest.mark.pipeweave(...)``: Python checks the arguments."""
+    return committed
 
 
 @pytest.fixture(scope="session")
 def pipeweave_server(request: pytest.FixtureRequest) -> ServerInfo:
-    """The PostgreSQL server of this test run, shared by all pytest-xdist workers."""
-    try:
-        return _session(request).server()
-    except ServerUnavailable as exc:
-        error = exc
-    pytest.fail(f"pipeweave: {error}", pytrace=False)
+    """The PostgreSQL server of this test run, shared by all pytest-xdist workers.
+
+    Override it to use a server you run: return ``ServerInfo.from_url(...)`` (the role needs
+    CREATEDB); the plugin then starts no server of its own.
+    """
+    with _one_line_failures():
+        server = _session(request).server()
+    return server
+
+
+@pytest.fixture(scope="session")
+def _pipeweave_janitor(
+    request: pytest.FixtureRequest, pipeweave_server: ServerInfo
+) -> Iterator[DatabaseJanitor]:
+    from pytest_pipeweave.databases import DatabaseJanitor
+
+    session = _session(request)
+    with _one_line_failures():
+        janitor = DatabaseJanitor(pipeweave_server, session.run_key, keep=session.settings.keep)
+    yield janitor
+    janitor.close()
 
 
 @pytest.fixture(scope="session")
@@ -68,44 +103,71 @@ def pipeweave_template_setup() -> TemplateSetup | None:
     """Override to add your own tables or rows to the template database, once per run.
 
     Return a function taking a ``pipeweave_db.Database`` on the template (schema already
-    created); every test database is cloned from the result.
+    created); every test database is copied from the result.
     """
     return None
 
 
 @pytest.fixture(scope="session")
-def _pipeweave_worker_database(
+def pipeweave_template(
     request: pytest.FixtureRequest,
-    pipeweave_server: ServerInfo,
+    _pipeweave_janitor: DatabaseJanitor,
     pipeweave_template_setup: TemplateSetup | None,
-) -> Iterator[WorkerDatabase]:
-    from pytest_pipeweave.databases import WorkerDatabase, database_name, owner_comment
+) -> str:
+    """The name of the database on ``pipeweave_server`` that every test database is copied
+    from: the PipeWeave schema and ``pipeweave_template_setup``, built once per run.
 
-    session = _session(request)
-    shared = session.shared
-    assert shared is not None
-    template = shared.template(pipeweave_template_setup)
-    database = WorkerDatabase(
-        pipeweave_server,
-        template,
-        database_name(shared.run.key, session.worker),
-        comment=owner_comment(str(shared.run.path)),
-    )
-    database.create()
-    session.databases.append(database.name)
-    yield database
-    # A server of the run's own takes its databases with it (a DROP right after disconnecting
-    # can wait ~100 ms for the backend to exit); a server that outlives the run must not keep them.
-    if pipeweave_server.backend == "url" and not session.settings.keep:
-        database.drop()
-    else:
-        database.close()
+    Override it to return a template database of your own on that server.
+    """
+    with _one_line_failures():
+        template = _pipeweave_janitor.template(pipeweave_template_setup)
+    if template.build_seconds is not None:
+        _session(request).template_seconds = template.build_seconds
+    return template.name
 
 
 @pytest.fixture(scope="session")
-def pipeweave_database_url(_pipeweave_worker_database: WorkerDatabase) -> str:
-    """The URL of this process's test database (schema initialized)."""
-    return _pipeweave_worker_database.url
+def pipeweave_database_url(
+    request: pytest.FixtureRequest,
+    pipeweave_server: ServerInfo,
+    _pipeweave_janitor: DatabaseJanitor,
+    pipeweave_template: str,
+) -> Iterator[str]:
+    """The URL of this process's test database, a copy of ``pipeweave_template``.
+
+    Override it to return the URL of a database of your own (with the schema); the fixtures
+    below use it, and no server is started unless your fixture asks for one.
+    """
+    from pytest_pipeweave.isolation import WorkerDatabase
+
+    session = _session(request)
+    with _one_line_failures():
+        url = _pipeweave_janitor.clone(pipeweave_template, session.worker)
+    name = _pipeweave_janitor.name(session.worker)
+    session.databases.append(name)
+    opened = request.config.stash.setdefault(_WORKER_DATABASES, {})
+    opened[url] = functools.partial(
+        WorkerDatabase,
+        url,
+        recreate=functools.partial(_pipeweave_janitor.recreate, pipeweave_template, name),
+        server=f"{pipeweave_server.backend} test server",
+    )
+    yield url
+    del opened[url]
+
+
+@pytest.fixture(scope="session")
+def _pipeweave_worker_database(
+    request: pytest.FixtureRequest, pipeweave_database_url: str
+) -> Iterator[WorkerDatabase]:
+    from pytest_pipeweave.isolation import WorkerDatabase
+
+    open_database = request.config.stash.get(_WORKER_DATABASES, {}).get(
+        pipeweave_database_url, functools.partial(WorkerDatabase, pipeweave_database_url)
+    )
+    database = open_database()
+    yield database
+    database.close()
 
 
 @pytest.fixture(scope="session")
@@ -127,13 +189,8 @@ def pipeweave_database(
     if _committed_mode(request):
         yield request.getfixturevalue("pipeweave_database_committed")
         return
-    try:
-        with _pipeweave_worker_database.rolled_back() as db:
-            yield db
-            return
-    except ServerGone as exc:
-        error = exc
-    pytest.fail(f"pipeweave: {error}", pytrace=False)
+    with _one_line_failures(), _pipeweave_worker_database.rolled_back() as db:
+        yield db
 
 
 def _committed_mode(request: pytest.FixtureRequest) -> bool:
@@ -142,13 +199,16 @@ def _committed_mode(request: pytest.FixtureRequest) -> bool:
     marker = request.node.get_closest_marker("pipeweave")
     if marker is None:
         return False
-    if marker.args or set(marker.kwargs) - {"committed"}:
+    try:
+        arguments = inspect.signature(_pipeweave_marker).bind(*marker.args, **marker.kwargs)
+    except TypeError:
+        given = [*map(repr, marker.args), *(k for k in marker.kwargs if k != "committed")]
         pytest.fail(
-            f"pipeweave: @pytest.mark.pipeweave takes committed=True or committed=False, "
-            f"not {', '.join([*map(repr, marker.args), *marker.kwargs])}",
+            "pipeweave: @pytest.mark.pipeweave takes committed=True or committed=False, "
+            f"not {', '.join(given)}",
             pytrace=False,
         )
-    return bool(marker.kwargs.get("committed", False))
+    return bool(_pipeweave_marker(*arguments.args, **arguments.kwargs))
 
 
 @pytest.fixture
@@ -159,10 +219,12 @@ def pipeweave_database_committed(
 
     After the test the database is put back to its template state.
     """
-    db = _fail_if_gone(_pipeweave_worker_database.committed)
+    with _one_line_failures():
+        db = _pipeweave_worker_database.committed()
     yield db
     db.close()
-    _fail_if_gone(_pipeweave_worker_database.reset)
+    with _one_line_failures():
+        _pipeweave_worker_database.reset()
 
 
 @pytest.fixture

@@ -1,133 +1,133 @@
 """Run folders: where a test run's server lives, which processes own it, and dead runs' leftovers.
 
-One run is one pytest session, or all the pytest-xdist workers of one session: they share the
-run's folder, its lock and its server. The state file lists the owning processes by pid *and*
-start time, so a reused pid never makes a dead run look alive. A run whose owners are all gone
-(killed with SIGKILL, say) is a leftover: the next run stops its server and removes its folder.
-Nothing else is touched: only folders under our own base folder, whose state we wrote.
+One run is one pytest session, or all the pytest-xdist workers of one session, or one
+``ephemeral_server`` block: they share the run's folder, its lock and its server. The state
+file lists the owning processes by pid *and* start time (see ``processes``), so a reused pid
+never makes a dead run look alive. A run whose owners are all gone (killed with SIGKILL, say)
+is a leftover: the next run stops its server and removes its folder. Nothing else is touched:
+only folders under our own base folder, whose state we wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
-import socket
 import stat
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
+from pytest_pipeweave.errors import ServerUnavailable
+from pytest_pipeweave.processes import ProcessId
+from pytest_pipeweave.servers import ServerInfo, server_from_state
+
 STATE_FILE = "run.json"
+# A folder without state may belong to a run between its mkdir and its first write.
+_UNSETTLED_SECONDS = 60
+# A run's lock file outlives its folder (a waiting worker may hold it open); once nobody can be
+# waiting, it is clutter.
+_STALE_LOCK_SECONDS = 60
 
 
-def base_dir() -> Path:
-    """Our folder for servers and caches: tmpfs when there is one (initdb and copies are faster).
+def new_run_key() -> str:
+    """A run key: 12 hex digits, naming the run's folder and its databases."""
+    return uuid.uuid4().hex[:12]
 
-    ``PIPEWEAVE_TMPDIR`` overrides the parent. The folder is 0755 so that a server running as
-    an unprivileged user (when tests run as root) can reach its own subfolders.
-    """
-    parent = os.environ.get("PIPEWEAVE_TMPDIR")
+
+def run_key_for(run_id: str) -> str:
+    """The run key of a run that has an id already (pytest-xdist's ``testrunuid``, any text)."""
+    return hashlib.sha256(run_id.encode()).hexdigest()[:12]
+
+
+def base_path(parent: str | None) -> Path:
+    """Our folder for servers and caches, under ``parent`` (PIPEWEAVE_TMPDIR), else under
+    tmpfs when there is one (initdb and copies are faster there), else the temporary folder."""
     if not parent:
         shm = Path("/dev/shm")
         writable = shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)
         parent = str(shm) if writable else tempfile.gettempdir()
-    path = Path(parent) / f"pytest-pipeweave-{os.getuid()}"
-    path.mkdir(mode=0o755, exist_ok=True)
-    info = path.lstat()
+    return Path(parent) / f"pytest-pipeweave-{os.getuid()}"
+
+
+def base_dir(parent: str | None = None) -> Path:
+    """``base_path(parent)``, created if need be: 0755 so that a server running as an
+    unprivileged user (when tests run as root) can reach its own subfolders."""
+    path = base_path(parent)
+    try:
+        path.mkdir(mode=0o755, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise ServerUnavailable(
+            f"cannot use {path} for the servers' folders ({exc.strerror}): "
+            "set PIPEWEAVE_TMPDIR to a writable folder"
+        ) from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise RuntimeError(f"{path} is not a folder owned by uid {os.getuid()}: refusing to use it")
+        raise ServerUnavailable(
+            f"{path} is not a folder owned by uid {os.getuid()}: refusing to use it "
+            "(set PIPEWEAVE_TMPDIR elsewhere)"
+        )
     path.chmod(0o755)
     return path
 
 
-@dataclass(frozen=True)
-class ProcessId:
-    """A process, told apart from a later one that reuses its pid by its start time."""
+@dataclass
+class RunState:
+    """What a run's folder records: who owns the run, and its server once started."""
 
-    pid: int
-    started: str | None
-    host: str
+    owners: list[ProcessId] = field(default_factory=list)
+    keep: bool = False
+    # The backend's own description of its server (``Server.to_state()``): enough to stop it.
+    server: dict[str, Any] | None = None
+    info: ServerInfo | None = None
+    startup_seconds: float | None = None
+    warm_start: bool | None = None
+
+    def live_owners(self) -> list[ProcessId]:
+        return [owner for owner in self.owners if owner.alive()]
+
+    def add_owner(self, owner: ProcessId) -> None:
+        self.owners = [o for o in self.live_owners() if o != owner] + [owner]
+
+    def remove_owner(self, owner: ProcessId) -> list[ProcessId]:
+        """Drop ``owner``; return the owners still alive."""
+        self.owners = [o for o in self.live_owners() if o != owner]
+        return self.owners
+
+    @property
+    def ended(self) -> bool:
+        """True when no live process owns the run and nobody asked to keep its server."""
+        return not self.keep and not self.live_owners()
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["info"] = self.info.to_state() if self.info else None
+        return data
 
     @classmethod
-    def of(cls, pid: int) -> ProcessId:
-        return cls(pid, _start_time(pid), socket.gethostname())
-
-    @classmethod
-    def current(cls) -> ProcessId:
-        return cls.of(os.getpid())
-
-    def alive(self) -> bool:
-        """True while this very process runs (on another host we cannot tell: assume alive)."""
-        if self.host != socket.gethostname():
-            return True
-        return process_alive(self.pid, self.started)
-
-
-def process_alive(pid: int, started: str | None = None) -> bool:
-    """True when ``pid`` runs, is not a zombie, and (if given) started at ``started``."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    fields = _stat_fields(pid)
-    if fields is None:
-        return os.name != "posix" or not Path("/proc/self/stat").exists()
-    state, start = fields
-    return state not in ("Z", "X") and (started is None or start == started)
-
-
-def process_arguments(pid: int) -> list[str]:
-    """The command line of ``pid``: /proc on Linux, ``ps`` elsewhere (macOS); [] if gone.
-
-    ``ps`` joins the arguments with spaces, so its answer is one string: enough to find a path.
-    """
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(
-            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=10
+    def from_json(cls, data: dict[str, Any]) -> RunState:
+        owners = []
+        for raw in data.get("owners", []):
+            with contextlib.suppress(TypeError):
+                owners.append(ProcessId(**raw))
+        info = data.get("info")
+        return cls(
+            owners=owners,
+            keep=bool(data.get("keep")),
+            server=data.get("server"),
+            info=ServerInfo.from_state(info) if info else None,
+            startup_seconds=data.get("startup_seconds"),
+            warm_start=data.get("warm_start"),
         )
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [out.stdout.strip()] if out.returncode == 0 else []
-
-
-def _start_time(pid: int) -> str | None:
-    fields = _stat_fields(pid)
-    return fields[1] if fields else None
-
-
-def _stat_fields(pid: int) -> tuple[str, str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name is in parentheses and may contain spaces: split after the last ')'.
-    rest = raw[raw.rindex(")") + 2 :].split()
-    return rest[0], rest[19]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    """Poll ``check`` until it is true or ``timeout`` seconds pass; return its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 class Run:
@@ -140,50 +140,39 @@ class Run:
         # Outside the folder: the last worker out removes the folder while others may wait.
         self.lock = FileLock(str(base / f"run-{key}.lock"))
 
-    def read_state(self) -> dict[str, Any]:
+    def read_state(self) -> RunState | None:
+        """The recorded state; None when there is none (yet), or it cannot be read."""
         try:
-            state = json.loads((self.path / STATE_FILE).read_text())
+            data = json.loads((self.path / STATE_FILE).read_text())
         except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
+            return None
+        return RunState.from_json(data) if isinstance(data, dict) else None
 
-    def write_state(self, state: dict[str, Any]) -> None:
+    def write_state(self, state: RunState) -> None:
         """Atomic, and readable by our uid only (it may hold a server password)."""
         self.path.mkdir(mode=0o755, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".state-")
         with os.fdopen(fd, "w") as handle:
-            json.dump(state, handle)
+            json.dump(state.to_json(), handle)
         os.replace(tmp, self.path / STATE_FILE)
-
-    def add_owner(self, state: dict[str, Any], owner: ProcessId) -> None:
-        owners = [o for o in live_owners(state) if o != owner]
-        state["owners"] = [asdict(o) for o in (*owners, owner)]
-
-    def remove_owner(self, state: dict[str, Any], owner: ProcessId) -> list[ProcessId]:
-        """Drop ``owner``; return the owners still alive."""
-        owners = [o for o in live_owners(state) if o != owner]
-        state["owners"] = [asdict(o) for o in owners]
-        return owners
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
-
-def live_owners(state: dict[str, Any]) -> list[ProcessId]:
-    owners = []
-    for raw in state.get("owners", []):
-        with contextlib.suppress(TypeError):
-            owner = ProcessId(**raw)
-            if owner.alive():
-                owners.append(owner)
-    return owners
+    def settled(self, state: RunState | None) -> bool:
+        """False for a folder so new that its first owner may still be writing its state."""
+        if state is not None:
+            return True
+        with contextlib.suppress(OSError):
+            return time.time() - self.path.stat().st_mtime > _UNSETTLED_SECONDS
+        return False
 
 
-def dead_runs(base: Path, exclude: str | None = None) -> Iterator[tuple[Run, dict[str, Any]]]:
-    """Runs under ``base`` that no live process owns and nobody asked to keep, each locked.
+def dead_runs(base: Path, exclude: str | None = None) -> Iterator[tuple[Run, RunState | None]]:
+    """Runs under ``base`` that have ended, each yielded while we hold its lock.
 
-    A run is yielded while we hold its lock, so a run that is just starting (its first owner
-    writing its state under the lock) is never taken for a leftover.
+    So a run that is just starting (its first owner writing its state under the lock) is never
+    taken for a leftover.
     """
     for path in sorted(base.glob("run-*")):
         if not path.is_dir():
@@ -198,17 +187,30 @@ def dead_runs(base: Path, exclude: str | None = None) -> Iterator[tuple[Run, dic
             continue
         try:
             state = run.read_state()
-            if not state.get("keep") and not live_owners(state) and _settled(path, state):
+            if (state is None or state.ended) and run.settled(state):
                 yield run, state
         finally:
             run.lock.release()
 
 
-def _settled(path: Path, state: dict[str, Any]) -> bool:
-    # A folder without state may belong to a run between mkdir and its first write: give it
-    # a minute before calling it a leftover.
-    if state:
-        return True
-    with contextlib.suppress(OSError):
-        return time.time() - path.stat().st_mtime > 60
-    return False
+def remove_dead_runs(base: Path, exclude: str | None = None) -> list[str]:
+    """Stop the servers of runs whose processes are all gone and remove their folders."""
+    removed = []
+    for run, state in dead_runs(base, exclude):
+        server_state = (state.server if state else None) or {
+            "backend": "local",
+            "workdir": str(run.path / "local"),
+        }
+        with contextlib.suppress(Exception):
+            server_from_state(server_state).stop()
+        run.remove()
+        removed.append(run.key)
+    now = time.time()
+    for lock in base.glob("run-*.lock"):
+        with contextlib.suppress(OSError):
+            if (
+                not lock.with_suffix("").exists()
+                and now - lock.stat().st_mtime > _STALE_LOCK_SECONDS
+            ):
+                lock.unlink()
+    return removed

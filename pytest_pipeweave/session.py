@@ -1,30 +1,71 @@
-"""What one pytest process knows of the plugin: its settings and its share of the server."""
+"""What one pytest process knows of the plugin: its settings, its run, and the plugin's server.
+
+Only the plugin's own ``pipeweave_server`` fixture asks this object for a server; every other
+fixture depends on fixture values, so a project that overrides ``pipeweave_server`` gets no
+server of the plugin's and no run folder.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
 import pytest
 
 from pipeweave_db import mask_url
-from pytest_pipeweave.runs import STATE_FILE
-from pytest_pipeweave.servers import ServerInfo, ServerUnavailable
+from pytest_pipeweave.errors import ServerUnavailable
+from pytest_pipeweave.processes import ProcessId
+from pytest_pipeweave.runs import STATE_FILE, new_run_key, run_key_for
+from pytest_pipeweave.servers import ServerInfo
 from pytest_pipeweave.settings import Settings
 from pytest_pipeweave.shared import SharedServer
 
 _KEY = pytest.StashKey["PipeweaveSession"]()
+# pytest-xdist's workerinput key: the controller, an owner of the run until every worker ends.
+CONTROLLER_INPUT = "pipeweave_controller"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerReport:
+    """What the terminal summary says of the server (sent by xdist workers as a dict)."""
+
+    backend: str
+    version: str
+    startup_seconds: float | None
+    template_seconds: float | None
+    warm_start: bool | None
+    keep: bool
+    url: str  # never with the password: a kept server's is in the run's state file (0600)
+    state_file: str
+    stop: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServerReport:
+        return cls(**data)
 
 
 class PipeweaveSession:
     """Starts (or joins) the run's server on first use; leaves it when pytest finishes."""
 
-    def __init__(self, settings: Settings, run_key: str | None, worker: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        run_key: str,
+        worker: str,
+        co_owner: ProcessId | None = None,
+    ) -> None:
         self.settings = settings
         self.run_key = run_key
         self.worker = worker
+        self.co_owner = co_owner
         self.shared: SharedServer | None = None
         self.error: ServerUnavailable | None = None
+        # Filled in by the plugin's own fixtures, for the summary.
+        self.template_seconds: float | None = None
         self.databases: list[str] = []
 
     @classmethod
@@ -36,15 +77,19 @@ class PipeweaveSession:
         """
         workerinput = getattr(config, "workerinput", None)
         if workerinput is not None:
+            controller = workerinput.get(CONTROLLER_INPUT)
             session = cls(
-                settings, str(workerinput["testrunuid"])[:12], str(workerinput["workerid"])
+                settings,
+                run_key_for(str(workerinput["testrunuid"])),
+                str(workerinput["workerid"]),
+                ProcessId(**controller) if controller else None,
             )
         elif is_xdist_controller(config):
-            # Fix the run key now: pytest-xdist hands its --testrunuid to the workers.
+            # Fix the run id now: pytest-xdist hands its --testrunuid to the workers.
             config.option.testrunuid = config.option.testrunuid or uuid.uuid4().hex
-            session = cls(settings, str(config.option.testrunuid)[:12], "controller")
+            session = cls(settings, run_key_for(str(config.option.testrunuid)), "controller")
         else:
-            session = cls(settings, None, "main")
+            session = cls(settings, new_run_key(), "main")
         config.stash[_KEY] = session
         return session
 
@@ -58,42 +103,46 @@ class PipeweaveSession:
             raise self.error
         if self.shared is not None and self.shared.info is not None:
             return self.shared.info
-        self.shared = SharedServer(self.settings, self.run_key)
+        self.shared = SharedServer(self.settings, self.run_key, co_owner=self.co_owner)
         try:
             return self.shared.acquire()
         except ServerUnavailable as exc:
             self.error = exc
             raise
 
-    def reserve(self) -> None:
-        """As the pytest-xdist controller, own the run until every worker is done with it."""
-        self.shared = SharedServer(self.settings, self.run_key)
-        self.shared.reserve()
-
     def finish(self) -> None:
-        if self.shared is not None and (
-            self.shared.info is not None or self.worker == "controller"
-        ):
-            self.shared.release(self.databases)
+        """Leave the run's server; the xdist controller leaves last, once every worker is done."""
+        if self.worker == "controller":
+            SharedServer(self.settings, self.run_key).release()
+        elif self.shared is not None and self.shared.info is not None:
+            self.shared.release()
 
-    def report(self) -> dict[str, Any] | None:
-        """What the terminal summary says of the server, JSON-able (sent by xdist workers)."""
+    def report(self) -> ServerReport | None:
         if self.shared is None or self.shared.info is None:
             return None
         info = self.shared.info
         state = self.shared.state
-        return {
-            "backend": info.backend,
-            "version": info.version,
-            "startup_seconds": state.get("startup_seconds"),
-            "template_seconds": state.get("template_seconds"),
-            "warm_start": state.get("warm_start"),
-            "keep": self.settings.keep,
-            # Never the password: a kept server's is in the run's state file (mode 0600).
-            "url": mask_url(info.url(self.databases[0] if self.databases else "postgres")),
-            "state_file": str(self.shared.run.path / STATE_FILE),
-            "stop": self.shared.stop_hint(),
-        }
+        return ServerReport(
+            backend=info.backend,
+            version=info.version,
+            startup_seconds=state.startup_seconds,
+            template_seconds=self.template_seconds,
+            warm_start=state.warm_start,
+            keep=self.settings.keep,
+            url=mask_url(info.url(self.databases[0] if self.databases else "postgres")),
+            state_file=str(self.shared.run.path / STATE_FILE),
+            stop=self.stop_hint(),
+        )
+
+    def stop_hint(self) -> str:
+        """How a user removes a kept server, or a kept run's databases on a server of theirs."""
+        assert self.shared is not None and self.shared.info is not None
+        if self.shared.info.ephemeral:
+            return self.shared.stop_hint()
+        from pytest_pipeweave.databases import database_name
+
+        databases = database_name(self.run_key, "*")
+        return f"drop the databases named {databases} and rm -rf {self.shared.run.path}"
 
 
 def is_xdist_controller(config: pytest.Config) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_pipeweave import LocalServer
-from pytest_pipeweave.runs import process_alive, wait_until
+from pytest_pipeweave.processes import process_alive, wait_until
 from pytest_pipeweave.servers.local import server_user
 
 

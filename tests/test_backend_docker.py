@@ -20,16 +20,16 @@ from typing import Any, NoReturn
 
 import pytest
 
-from pytest_pipeweave.runs import wait_until
-from pytest_pipeweave.servers.base import ServerUnavailable
+from pytest_pipeweave.errors import ServerUnavailable
+from pytest_pipeweave.processes import wait_until
 from pytest_pipeweave.servers.docker import (
-    DEFAULT_IMAGE,
     HOST_LABEL,
     RUN_LABEL,
     docker_client,
     labelled_containers,
     remove_leftover_containers,
 )
+from pytest_pipeweave.settings import DEFAULT_IMAGE
 
 IMAGE = os.environ.get("PIPEWEAVE_IMAGE") or DEFAULT_IMAGE
 # Settings of the outer run that would send the inner runs elsewhere.

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from pytest_pipeweave import LocalServer
-from pytest_pipeweave.runs import base_dir, process_alive
+from pytest_pipeweave.processes import process_alive
+from pytest_pipeweave.runs import base_dir
 from pytest_pipeweave.servers import local
 from pytest_pipeweave.servers.local import find_pg_bin, server_user
 

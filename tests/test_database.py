@@ -24,7 +24,7 @@ from pipeweave_db import (
     test_connection,
 )
 from pytest_pipeweave import ServerInfo
-from pytest_pipeweave.runs import wait_until
+from pytest_pipeweave.processes import wait_until
 from pytest_pipeweave.servers.local import free_port
 
 INSERT_SERVICE = "INSERT INTO services (id, version, base_url) VALUES (%s, %s, %s) RETURNING *"

@@ -21,7 +21,7 @@ from helpers import INSERT_CACHE_ROWS, kill_server
 
 from pipeweave_db import Database, DatabaseConfig, cleanup, create_database
 from pytest_pipeweave import LocalServer, ServerInfo
-from pytest_pipeweave.runs import wait_until
+from pytest_pipeweave.processes import wait_until
 
 StartServer = Callable[..., tuple[LocalServer, ServerInfo]]
 CONNECT_TIMEOUT = 2

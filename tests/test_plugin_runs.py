@@ -17,7 +17,8 @@ import pytest
 
 import pytest_pipeweave.servers as servers
 from pytest_pipeweave import LocalServer, ServerInfo
-from pytest_pipeweave.runs import base_dir, process_alive, wait_until
+from pytest_pipeweave.processes import process_alive, wait_until
+from pytest_pipeweave.runs import base_dir
 from pytest_pipeweave.servers.local import find_pg_bin
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
@@ -141,8 +142,10 @@ def test_clear_error_when_no_backend_is_available(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # In-process run, so that binary and Docker discovery can be made to find nothing.
-    monkeypatch.setattr(servers, "find_pg_bin", lambda explicit=None: None)
-    monkeypatch.setattr(servers, "docker_available", lambda: False)
+    for backend in ("local", "docker"):
+        monkeypatch.setattr(
+            servers.BACKENDS[backend], "available", classmethod(lambda cls, settings: False)
+        )
     pytester.makepyfile(DB_TEST)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)

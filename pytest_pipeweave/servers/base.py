@@ -1,29 +1,36 @@
-"""What every server backend provides: start it, say how to reach it, stop it.
+"""What every server backend provides, and ``ServerInfo``, how to reach a running server.
 
-A backend must also be stoppable from another process (the last pytest-xdist worker out, or the
+A backend class answers for itself before any server exists (is it available, how to describe
+it, how to create one for a run) and for a server once it runs (start, stop, is it alive). A
+server must also be stoppable from another process (the last pytest-xdist worker out, or the
 next run removing a dead run's leftovers), so each one describes itself as a JSON-able state.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
-from urllib.parse import quote
+import getpass
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, urlencode
 
-from pipeweave_db import PipeweaveError
+from pipeweave_db import ConfigError, mask_url
+from pipeweave_db.config import is_unix_socket, parse_url
 
+if TYPE_CHECKING:
+    from pytest_pipeweave.settings import Settings
 
-class ServerUnavailable(PipeweaveError):
-    """No server could be started or reached with the given settings."""
-
-
-class ServerGone(PipeweaveError):
-    """The test server stopped answering in the middle of a session."""
+_CONNECTION_KEYS = {"host", "port", "dbname", "user", "password"}
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerInfo:
-    """How to reach a running server. ``url(dbname)`` gives a URL for any of its databases."""
+    """How to reach a running server. ``url(dbname)`` gives a URL for any of its databases.
+
+    ``ephemeral`` is true for a server the plugin started: stopping it removes every database
+    on it. ``folder`` is where its files are (data, socket, log), when the plugin has any.
+    """
 
     backend: str
     host: str
@@ -34,6 +41,33 @@ class ServerInfo:
     socket_dir: str | None = None
     admin_database: str = "postgres"
     query: str = ""
+    ephemeral: bool = False
+    folder: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, source: str = "url") -> ServerInfo:
+        """A server you run, from a URL such as ``postgresql://user:pw@host:5432/postgres``.
+
+        The URL's database is where the plugin connects to create and drop its own databases;
+        its other parameters (``sslmode``...) go into every URL. Nothing is connected to here;
+        a malformed URL is a ConfigError naming ``source``.
+        """
+        params = parse_url(url, source)
+        host = params.get("host", "")
+        if "," in host:
+            raise ConfigError(f"{source} must name one host: {mask_url(url)}")
+        socket = bool(host) and is_unix_socket(host, None)
+        user = params.get("user") or getpass.getuser()
+        return cls(
+            backend="url",
+            host="" if socket else host,
+            port=int(params.get("port") or 5432),
+            user=user,
+            password=params.get("password"),
+            socket_dir=host if socket else None,
+            admin_database=params.get("dbname") or user,
+            query=urlencode({k: v for k, v in params.items() if k not in _CONNECTION_KEYS}),
+        )
 
     def url(self, dbname: str = "postgres") -> str:
         """A postgresql:// URL; through the unix socket when the server has one (faster).
@@ -57,25 +91,66 @@ class ServerInfo:
         """A URL over TCP, for clients that cannot use the unix socket."""
         return dataclasses.replace(self, socket_dir=None).url(dbname)
 
+    @property
+    def admin_url(self) -> str:
+        """The URL of the database the plugin connects to for CREATE and DROP DATABASE."""
+        return self.url(self.admin_database)
+
     def to_state(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> ServerInfo:
+    def from_state(cls, state: Mapping[str, Any]) -> ServerInfo:
         return cls(**state)
 
 
 class Server(Protocol):
-    """A backend: ``start()`` returns how to reach the server, ``stop()`` removes everything."""
+    """A backend: the class chooses and creates, the instance starts, stops and describes.
+
+    ``ephemeral``: stopping the server removes every database on it, so nothing needs dropping.
+    ``remedy``: what a user does to make this backend available (for "no server" errors).
+    """
 
     backend: str
+    ephemeral: bool
+    remedy: str
+
+    @classmethod
+    def available(cls, settings: Settings) -> bool:
+        """Whether ``auto`` may choose this backend (checked quickly, nothing started)."""
+        ...
+
+    @classmethod
+    def describe(cls, settings: Settings) -> str:
+        """What the report header says of the server this backend will give."""
+        ...
+
+    @classmethod
+    def create(
+        cls, settings: Settings, *, folder: Path, cache_dir: Path, run_is_dead: RunIsDead
+    ) -> Server:
+        """A server for the run whose folder is ``folder``, not started yet."""
+        ...
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Server:
+        """The server ``to_state()`` described, to stop it from any process."""
+        ...
 
     def start(self) -> ServerInfo: ...
 
-    def stop(self) -> None: ...
-
-    def to_state(self) -> dict[str, Any]:
-        """Enough to stop this server from another process (``from_state(...).stop()``)."""
+    def stop(self) -> None:
+        """Stop the server and remove everything it left; safe to call again."""
         ...
 
     def is_alive(self) -> bool: ...
+
+    def to_state(self) -> dict[str, Any]: ...
+
+    def stop_hint(self) -> str:
+        """The command a user runs to stop a server left running (``--pipeweave-keep``)."""
+        ...
+
+
+# Asked about a run's folder (a container label or a state names it): has that run ended?
+RunIsDead = Callable[[str], bool]

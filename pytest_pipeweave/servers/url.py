@@ -1,70 +1,78 @@
 """The url backend: a server that already runs (a CI service container, a shared dev server).
 
 Nothing is started or stopped: the plugin only creates and drops its own uniquely named
-databases there (see ``databases``).
+databases there (see ``databases``), with a role that may create databases.
 """
 
 from __future__ import annotations
 
-import getpass
-from typing import Any
-from urllib.parse import urlencode
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pipeweave_db import ConfigError, mask_url
-from pipeweave_db.config import is_unix_socket, parse_url
-from pytest_pipeweave.servers.base import ServerInfo, ServerUnavailable
+from pytest_pipeweave.errors import ServerUnavailable, first_line
+from pytest_pipeweave.servers.base import RunIsDead, ServerInfo
 
-_CONNECTION_KEYS = {"host", "port", "dbname", "user", "password"}
+if TYPE_CHECKING:
+    from pytest_pipeweave.settings import Settings
 
 
 class ExistingServer:
-    """A server reached through a URL, with a role allowed to create databases."""
+    """A server reached through a URL."""
 
     backend = "url"
+    ephemeral = False
+    remedy = (
+        "an existing server: --pipeweave-url=postgresql://user:password@host/db "
+        "or PIPEWEAVE_TEST_DATABASE_URL"
+    )
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, source: str = "url") -> None:
         self.url = url
+        self.source = source
+
+    @classmethod
+    def available(cls, settings: Settings) -> bool:
+        return bool(settings.url)
+
+    @classmethod
+    def describe(cls, settings: Settings) -> str:
+        return f"{mask_url(settings.url or '')} (from {settings.source('url')})"
+
+    @classmethod
+    def create(
+        cls, settings: Settings, *, folder: Path, cache_dir: Path, run_is_dead: RunIsDead
+    ) -> ExistingServer:
+        if not settings.url:
+            raise ServerUnavailable(
+                "the url backend needs --pipeweave-url or PIPEWEAVE_TEST_DATABASE_URL"
+            )
+        return cls(settings.url, settings.source("url"))
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> ExistingServer:
+        return cls("")
 
     def start(self) -> ServerInfo:
         import psycopg
 
         try:
-            params = parse_url(self.url, "--pipeweave-url")
+            info = ServerInfo.from_url(self.url, source=self.source)
         except ConfigError as exc:
             raise ServerUnavailable(str(exc)) from None
-        if "," in params.get("host", ""):
-            raise ServerUnavailable(f"--pipeweave-url must name one host: {mask_url(self.url)}")
-        host = params.get("host", "")
-        user = params.get("user") or getpass.getuser()
-        info = ServerInfo(
-            backend=self.backend,
-            host=host if not is_unix_socket(host, None) else "",
-            port=int(params.get("port") or 5432),
-            user=user,
-            password=params.get("password"),
-            socket_dir=host if host and is_unix_socket(host, None) else None,
-            admin_database=params.get("dbname") or user,
-            query=urlencode({k: v for k, v in params.items() if k not in _CONNECTION_KEYS}),
-        )
         try:
-            with psycopg.connect(info.url(info.admin_database), connect_timeout=10) as conn:
+            with psycopg.connect(info.admin_url, connect_timeout=10) as conn:
                 version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
-                row = conn.execute(
-                    "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
-                ).fetchone()
         except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ServerUnavailable(
-                f"cannot reach the server at {mask_url(self.url)}: {reason}"
+                f"cannot reach the server at {mask_url(self.url)}: {first_line(exc)}"
             ) from None
-        if not (row and row[0]):
-            raise ServerUnavailable(
-                f"role {user!r} may not create databases: the url backend needs CREATEDB"
-            )
-        return ServerInfo(**{**info.to_state(), "version": version})
+        return dataclasses.replace(info, version=version)
 
     def stop(self) -> None:
-        """Nothing to stop: the fixtures drop the databases they created."""
+        """Nothing to stop: the run drops the databases it created."""
 
     def is_alive(self) -> bool:
         return True
@@ -72,6 +80,5 @@ class ExistingServer:
     def to_state(self) -> dict[str, Any]:
         return {"backend": self.backend}
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> ExistingServer:
-        return cls("")
+    def stop_hint(self) -> str:
+        return ""
