@@ -239,39 +239,6 @@ def test_seed(pytester: pytest.Pytester) -> None:
     run(pytester).assert_outcomes(passed=2)
 
 
-def test_template_setup_is_overridable(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(
-        """
-        import pytest
-
-        @pytest.fixture(scope="session")
-        def pipeweave_template_setup():
-            def setup(db):
-                db.none("CREATE TABLE deployments (id text PRIMARY KEY,"
-                        " service_id text REFERENCES services(id))")
-                db.none("INSERT INTO services (id, version, base_url) VALUES ('billing', '1', 'u')")
-                db.none("INSERT INTO deployments VALUES ('d1', 'billing')")
-            return setup
-        """
-    )
-    pytester.makepyfile(
-        """
-        def test_sees_the_setup(pipeweave_database):
-            assert pipeweave_database.one("SELECT service_id FROM deployments") == {
-                "service_id": "billing"}
-
-        def test_committed_test_removes_template_rows(pipeweave_database_committed):
-            pipeweave_database_committed.none("DELETE FROM deployments; DELETE FROM services")
-            assert pipeweave_database_committed.one("SELECT count(*) AS n FROM deployments")["n"] == 0
-
-        def test_template_rows_are_back(pipeweave_database_committed):
-            assert pipeweave_database_committed.one("SELECT count(*) AS n FROM deployments")["n"] == 1
-            assert pipeweave_database_committed.one("SELECT id FROM services") == {"id": "billing"}
-        """
-    )
-    run(pytester).assert_outcomes(passed=3)
-
-
 def test_config_url_and_env_fixtures(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
