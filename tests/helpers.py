@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -12,8 +13,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pytest_pipeweave import LocalServer
+from pytest_pipeweave import LocalServer, ServerInfo
 from pytest_pipeweave.processes import process_alive, wait_until
 from pytest_pipeweave.servers.local import server_user
 
@@ -126,3 +128,74 @@ INSERT INTO idempotency_cache (idempotency_key, task_id, task_run_id, code_versi
                                expires_at)
 SELECT %s || g, 't', 'r', 1, 'o', %s FROM generate_series(1, %s) g
 """
+
+
+# -- ephemeral_server in a process of its own ---------------------------------------------
+
+# Runs a server and a database, reports them, then waits on stdin: a line ends the blocks
+# (after raising, when asked), Ctrl-C interrupts them.
+EPHEMERAL_SCRIPT = """
+import json, signal, sys
+from pipeweave_db import create_database, is_database_initialized
+from pytest_pipeweave import ephemeral_database, ephemeral_server
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+options, ending = json.loads(sys.argv[1]), sys.argv[2]
+with ephemeral_server(**options) as server:
+    with ephemeral_database(server) as url:
+        with create_database(connection_string=url, max=1) as db:
+            assert is_database_initialized(db)
+            db.none("INSERT INTO services (id, version, base_url) VALUES ('s', '1', 'u')")
+        print(json.dumps({"url": url, "folder": server.folder, "server": server.to_state()}),
+              flush=True)
+        sys.stdin.readline()
+        if ending == "exception":
+            raise RuntimeError("the user's code fails")
+print("left the blocks", flush=True)
+"""
+
+
+class EphemeralScript:
+    """A process running EPHEMERAL_SCRIPT, and what it reported once its blocks were entered."""
+
+    def __init__(self, options: dict[str, Any], ending: str, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", EPHEMERAL_SCRIPT, json.dumps(options), ending],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = read_line(self.process, 120)
+        self.report: dict[str, Any] = json.loads(line)
+        self.server = ServerInfo.from_state(self.report["server"])
+
+    def end(self, ending: str) -> tuple[int, str, str]:
+        assert self.process.stdin is not None
+        if ending == "ctrl-c":
+            self.process.send_signal(signal.SIGINT)
+        else:
+            self.process.stdin.write("\n")
+            self.process.stdin.flush()
+        out, err = self.process.communicate(timeout=60)
+        return self.process.returncode, out, err
+
+
+def read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The next line ``process`` prints, within ``timeout`` seconds (else its stderr)."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if ready:
+        line = process.stdout.readline()
+        if line:
+            return line
+    process.kill()
+    _, err = process.communicate(timeout=30)
+    raise AssertionError(f"no line within {timeout} s; stderr: {err}")
+
+
+def script_env(**variables: str) -> dict[str, str]:
+    """The environment without the outer run's plugin settings (a user's script has none)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPEWEAVE_", "PYTEST_"))}
+    return {**env, **variables}

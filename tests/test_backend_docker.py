@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from helpers import EphemeralScript, script_env
 
 from pytest_pipeweave.errors import ServerUnavailable
 from pytest_pipeweave.processes import wait_until
@@ -283,3 +284,18 @@ def test_cleanup_while_another_run_removes_its_containers(engine: Any, tmp_path:
         other_run.join()
     assert passes > 0
     assert _containers_of(engine, tmp_path) == set()
+
+
+@pytest.mark.parametrize("ending", ["block-ends", "ctrl-c"])
+def test_ephemeral_server_on_docker_leaves_no_container(
+    inner: Path, engine: Any, ending: str
+) -> None:
+    """ephemeral_server(backend="docker") from a script: no container after it, whatever ends it."""
+    env = script_env(PIPEWEAVE_TMPDIR=str(inner), TESTCONTAINERS_RYUK_DISABLED="true")
+    script = EphemeralScript({"backend": "docker", "image": IMAGE}, ending, env)
+    assert script.server.backend == "docker"
+    assert len(_containers_of(engine, inner)) == 1
+    code, _, err = script.end(ending)
+    assert (code == 0) is (ending == "block-ends"), err
+    assert _containers_of(engine, inner) == set()
+    assert not Path(script.report["folder"]).exists()
