@@ -111,7 +111,9 @@ def test_committed_rows_are_gone(pipeweave_database_committed):
 
 
 @WORKERS
-def test_template_setup_of_the_users_own(pytester: pytest.Pytester, workers: tuple[str, ...]) -> None:
+def test_template_setup_of_the_users_own(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
     pytester.makeconftest(
         """
         import pytest

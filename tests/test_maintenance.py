@@ -11,6 +11,7 @@ import pytest
 from helpers import INSERT_CACHE_ROWS
 
 from pipeweave_db import (
+    ArgumentError,
     CleanupResult,
     Database,
     DatabaseConfig,
@@ -47,15 +48,23 @@ def test_retention_decides_what_is_old(
 @pytest.mark.parametrize("days", [-1, 1.5, "30", True, None])
 def test_retention_must_be_a_whole_number(pipeweave_database: Database, days: Any) -> None:
     with pytest.raises(
-        ValueError, match=rf"dlq_retention_days must be a whole number >= 0, got {days!r}"
-    ):
+        ArgumentError, match=rf"dlq_retention_days must be a whole number >= 0, got {days!r}"
+    ) as raised:
         cleanup(pipeweave_database, days)
+    assert isinstance(raised.value, ValueError) and raised.value.kind == "invalid_argument"
 
 
 @pytest.mark.parametrize("size", [0, -5, 2.0])
 def test_batch_size_must_be_positive(pipeweave_database: Database, size: Any) -> None:
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(
+        ArgumentError, match=rf"^batch_size must be a whole number >= 1, got {size!r}$"
+    ):
         cleanup(pipeweave_database, batch_size=size)
+
+
+def test_a_negative_count_of_task_runs(pipeweave_factory: PipeweaveFactory) -> None:
+    with pytest.raises(ArgumentError, match=r"^count must be a whole number >= 0, got -1$"):
+        pipeweave_factory.task_runs(-1)
 
 
 class CountingDatabase:

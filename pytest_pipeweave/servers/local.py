@@ -91,6 +91,11 @@ def server_user(wanted: str | None = None) -> ServerUser:
         with contextlib.suppress(KeyError):
             entry = pwd.getpwnam(name)
             return ServerUser(entry.pw_uid, entry.pw_gid, entry.pw_name)
+    if wanted:
+        raise ServerUnavailable(
+            f"there is no user {wanted!r} to run PostgreSQL as "
+            "(PIPEWEAVE_SERVER_USER, or the server_user argument)"
+        )
     raise ServerUnavailable(
         "running as root, and there is no unprivileged user to run PostgreSQL as "
         "(create a 'postgres' user or set PIPEWEAVE_SERVER_USER)"
