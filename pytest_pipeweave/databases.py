@@ -59,10 +59,7 @@ def create_template(
     with admin_connection(server) as conn:
         _create(conn, name, "template1", comment)
     try:
-        with create_database(connection_string=server.url(name), max=1) as db:
-            initialize_schema(db)
-            if setup is not None:
-                setup(db)
+        _initialize(server.url(name), setup)
     except BaseException:
         drop_database(server, name)
         raise
@@ -80,6 +77,14 @@ def drop_database(server: ServerInfo, name: str) -> None:
     """Drop ``name`` if it exists, disconnecting whoever is still connected to it."""
     with admin_connection(server) as conn:
         _drop(conn, name)
+
+
+def _initialize(url: str, setup: TemplateSetup | None) -> None:
+    """The PipeWeave schema in the database at ``url``, then ``setup``'s additions."""
+    with create_database(connection_string=url, max=1) as db:
+        initialize_schema(db)
+        if setup is not None:
+            setup(db)
 
 
 def _create(conn: Connection, name: str, template: str, comment: str | None) -> None:
@@ -190,10 +195,7 @@ class DatabaseJanitor:
                 _drop(conn, name)
             _create(conn, name, "template1", f"{self._owner} building")
             try:
-                with create_database(connection_string=self.server.url(name), max=1) as db:
-                    initialize_schema(db)
-                    if setup is not None:
-                        setup(db)
+                _initialize(self.server.url(name), setup)
             except BaseException:
                 _drop(self._admin(), name)
                 raise
@@ -208,10 +210,7 @@ class DatabaseJanitor:
         name = self.name(suffix)
         _create(self._admin(), name, "template1", self._comment())
         try:
-            with create_database(connection_string=self.server.url(name), max=1) as db:
-                initialize_schema(db)
-                if setup is not None:
-                    setup(db)
+            _initialize(self.server.url(name), setup)
         except BaseException:
             self.drop(name)
             raise
