@@ -16,7 +16,7 @@ from psycopg import sql
 
 from pytest_pipeweave import LocalServer, ServerInfo, drop_database
 from pytest_pipeweave.runs import base_dir
-from pytest_pipeweave.servers.local import find_pg_bin
+from pytest_pipeweave.servers.binaries import find_pg_bin
 
 settings.register_profile("ci", max_examples=10_000, deadline=None)
 settings.register_profile("dev", max_examples=300, deadline=None)

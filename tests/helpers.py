@@ -17,7 +17,7 @@ from typing import Any
 
 from pytest_pipeweave import LocalServer, ServerInfo
 from pytest_pipeweave.processes import process_alive, wait_until
-from pytest_pipeweave.servers.local import server_user
+from pytest_pipeweave.servers.binaries import server_user
 
 
 def kill_server(server: LocalServer) -> None:

@@ -16,7 +16,7 @@ from pytest_pipeweave import LocalServer
 from pytest_pipeweave.processes import process_alive
 from pytest_pipeweave.runs import base_dir
 from pytest_pipeweave.servers import local
-from pytest_pipeweave.servers.local import find_pg_bin, server_user
+from pytest_pipeweave.servers.binaries import find_pg_bin, server_user
 
 
 @pytest.fixture

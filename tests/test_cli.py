@@ -29,7 +29,8 @@ from pipeweave_db import (
 )
 from pytest_pipeweave import LocalServer, SeedData, ServerInfo
 from pytest_pipeweave.runs import base_dir
-from pytest_pipeweave.servers.local import find_pg_bin, free_port
+from pytest_pipeweave.servers.binaries import find_pg_bin
+from pytest_pipeweave.servers.local import free_port
 
 COMMANDS = ("init", "status", "reset", "cleanup", "migrate")
 JSON_COMMANDS = ("init", "status", "reset", "cleanup", "migrate")

