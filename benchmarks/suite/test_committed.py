@@ -13,8 +13,7 @@ import pytest
 from psycopg import sql
 from workload import ISOLATION_TESTS, TRUNCATE_ALL, psycopg_query, record, write_and_read
 
-from pytest_pipeweave.databases import clone_database, drop_database
-from pytest_pipeweave.session import PipeweaveSession
+from pytest_pipeweave import clone_database, drop_database
 
 PEER_REPEAT = 30
 
@@ -24,8 +23,8 @@ def test_committed(pipeweave_database_committed, n):
     write_and_read(pipeweave_database_committed.any, n)
 
 
-def test_zz_alternatives(request, pipeweave_server):
-    template = PipeweaveSession.of(request.config).shared.template(None)
+def test_zz_alternatives(pipeweave_server, pipeweave_template):
+    template = pipeweave_template
     name = "pwb_truncate"
     clone_database(pipeweave_server, template, name)
     truncate = []
