@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class PipeweaveError(Exception):
-    """Base class of every error raised by pipeweave_db and pytest_pipeweave themselves."""
+    """Base class of every error raised by pipeweave_db (and by the test plugin's own errors)."""
 
     kind = "pipeweave_error"
 
