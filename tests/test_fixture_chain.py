@@ -57,6 +57,23 @@ def nothing_of_the_plugins():
 """
 
 
+def run_with_nothing_of_the_plugins(
+    pytester: pytest.Pytester,
+    workers: tuple[str, ...],
+    users_server: ServerInfo,
+    servers_folder: Path,
+    passed: int,
+) -> None:
+    """Run the inner tests: no server or run folder of the plugin's, the user's server's
+    databases as before."""
+    before = databases(users_server)
+    result = run(pytester, *workers)
+    result.assert_outcomes(passed=passed)
+    assert "started in" not in result.stdout.str()
+    assert list(servers_folder.iterdir()) == [], "no server, no run folder of the plugin's"
+    assert databases(users_server) == before
+
+
 @WORKERS
 def test_a_server_of_the_users_own(
     pytester: pytest.Pytester,
@@ -102,12 +119,7 @@ def test_committed_rows_are_gone(pipeweave_database_committed):
     assert pipeweave_database_committed.one(COUNT)["n"] == 0
 """
     )
-    before = databases(users_server)
-    result = run(pytester, *workers)
-    result.assert_outcomes(passed=8)
-    assert "started in" not in result.stdout.str()
-    assert list(servers_folder.iterdir()) == [], "no server, no run folder of the plugin's"
-    assert databases(users_server) == before
+    run_with_nothing_of_the_plugins(pytester, workers, users_server, servers_folder, 8)
 
 
 @WORKERS
@@ -238,12 +250,7 @@ def test_committed_rows_are_gone(pipeweave_database_committed):
     assert pipeweave_database_committed.one(COUNT)["n"] == 0
 """
     )
-    before = databases(users_server)
-    result = run(pytester, *workers)
-    result.assert_outcomes(passed=6)
-    assert "started in" not in result.stdout.str()
-    assert list(servers_folder.iterdir()) == [], "no server, no run folder of the plugin's"
-    assert databases(users_server) == before
+    run_with_nothing_of_the_plugins(pytester, workers, users_server, servers_folder, 6)
 
 
 @WORKERS
