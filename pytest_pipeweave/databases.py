@@ -27,9 +27,7 @@ from pytest_pipeweave.servers.base import ServerInfo
 NAME_PREFIX = "pytest_pipeweave_"
 TEMPLATE_SUFFIX = "template"
 # A database comment: the run that owns it, and the host it ran on (for people reading it).
-_OWNER = re.compile(
-    r"^pytest-pipeweave run=(?P<run>[0-9a-f]{12}) host=\S+(?P<building> building)?$"
-)
+_OWNER = re.compile(r"^pytest-pipeweave run=(?P<run>[0-9a-f]{12}) host=\S+(?: building)?$")
 # High 16 bits of the advisory lock keys; the low 48 are the run key's 12 hex digits.
 _RUN_LOCK = 0x7077
 _BUILD_LOCK = 0x7078

@@ -1,0 +1,101 @@
+"""DatabaseJanitor on a server that outlives runs: templates shared within a run, and what is
+dropped (a dead run's databases, a run's own when its last process leaves) and what never is.
+
+The server is the outer run's, reached as a user's own (``ServerInfo.from_url``); a run that
+"dies" is a janitor whose connection is closed without a word, as a SIGKILL would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from pipeweave_db import ArgumentError
+from pytest_pipeweave import DatabaseJanitor, ServerInfo, new_run_key
+
+
+@pytest.fixture
+def users_server(pipeweave_server: ServerInfo) -> ServerInfo:
+    server = ServerInfo.from_url(pipeweave_server.url())
+    assert not server.ephemeral
+    return server
+
+
+@pytest.fixture
+def janitors(users_server: ServerInfo) -> Iterator[list[DatabaseJanitor]]:
+    """Janitors the test opens: closed afterwards, and whatever databases they left dropped."""
+    before = names(users_server)
+    opened: list[DatabaseJanitor] = []
+    yield opened
+    for janitor in opened:
+        janitor.close()
+    with DatabaseJanitor(users_server, new_run_key()) as sweeper:
+        for name in names(users_server) - before:
+            sweeper.drop(name)
+
+
+def names(server: ServerInfo) -> set[str]:
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        return {row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()}
+
+
+def die(janitor: DatabaseJanitor) -> None:
+    """The process holding ``janitor`` is killed: its connection goes, nothing is cleaned."""
+    assert janitor._conn is not None
+    janitor._conn.close()
+    janitor._conn = None
+
+
+def test_processes_of_one_run_share_its_template(
+    users_server: ServerInfo, janitors: list[DatabaseJanitor]
+) -> None:
+    run_key = new_run_key()
+    first = DatabaseJanitor(users_server, run_key)
+    second = DatabaseJanitor(users_server, run_key)
+    janitors += [first, second]
+    built = first.template()
+    assert built.build_seconds is not None
+    again = second.template()
+    assert (again.name, again.build_seconds) == (built.name, None)
+    first.clone(built.name, "gw0")
+    second.clone(built.name, "gw1")
+    first.close()
+    assert {built.name, first.name("gw0")} <= names(users_server), "the run goes on"
+    second.close()
+    assert not {built.name, first.name("gw0"), first.name("gw1")} & names(users_server)
+
+
+def test_a_dead_runs_databases_are_dropped_by_the_next_run_and_a_live_runs_are_not(
+    users_server: ServerInfo, janitors: list[DatabaseJanitor]
+) -> None:
+    dead = DatabaseJanitor(users_server, new_run_key())
+    live = DatabaseJanitor(users_server, new_run_key())
+    janitors += [dead, live]
+    dead_template, live_template = dead.template().name, live.template().name
+    die(dead)
+    assert dead_template in names(users_server)
+    following = DatabaseJanitor(users_server, new_run_key())
+    janitors.append(following)
+    assert dead_template not in names(users_server)
+    assert live_template in names(users_server)
+
+
+def test_kept_databases_and_strangers_are_never_dropped(
+    users_server: ServerInfo, janitors: list[DatabaseJanitor]
+) -> None:
+    kept = DatabaseJanitor(users_server, new_run_key(), keep=True)
+    janitors.append(kept)
+    kept_template = kept.template().name
+    die(kept)
+    stranger = "pytest_pipeweave_000000000000_not_ours"
+    with psycopg.connect(users_server.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{stranger}"')
+    janitors.append(DatabaseJanitor(users_server, new_run_key()))
+    assert {kept_template, stranger} <= names(users_server)
+
+
+def test_a_run_key_is_twelve_hex_digits(users_server: ServerInfo) -> None:
+    with pytest.raises(ArgumentError, match=r"^run_key must be 12 hex digits"):
+        DatabaseJanitor(users_server, "../etc")
