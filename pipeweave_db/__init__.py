@@ -8,6 +8,13 @@ from typing import TYPE_CHECKING
 from pipeweave_db.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from pipeweave_db.async_database import (
+        AsyncDatabase,
+        close_database_async,
+        create_async_database,
+        create_async_database_from_env,
+        test_connection_async,
+    )
     from pipeweave_db.config import DatabaseConfig, config_from_env, mask_url
     from pipeweave_db.database import (
         Database,
@@ -28,8 +35,11 @@ if TYPE_CHECKING:
     from pipeweave_db.maintenance import (
         CleanupResult,
         cleanup,
+        cleanup_async,
         cleanup_expired_cache,
+        cleanup_expired_cache_async,
         cleanup_old_dlq,
+        cleanup_old_dlq_async,
     )
     from pipeweave_db.schema import (
         PIPEWEAVE_TABLES,
@@ -38,11 +48,16 @@ if TYPE_CHECKING:
         Migration,
         SchemaStatus,
         initialize_schema,
+        initialize_schema_async,
         is_database_initialized,
+        is_database_initialized_async,
         load_migrations,
         migrate,
+        migrate_async,
         reset_schema,
+        reset_schema_async,
         schema_status,
+        schema_status_async,
     )
 
 try:
@@ -54,6 +69,7 @@ __all__ = [
     "PIPEWEAVE_TABLES",
     "AppliedMigration",
     "ArgumentError",
+    "AsyncDatabase",
     "CleanupResult",
     "ConfigError",
     "Database",
@@ -67,25 +83,44 @@ __all__ = [
     "SchemaError",
     "SchemaStatus",
     "cleanup",
+    "cleanup_async",
     "cleanup_expired_cache",
+    "cleanup_expired_cache_async",
     "cleanup_old_dlq",
+    "cleanup_old_dlq_async",
     "close_database",
+    "close_database_async",
     "config_from_env",
+    "create_async_database",
+    "create_async_database_from_env",
     "create_database",
     "create_database_from_env",
     "initialize_schema",
+    "initialize_schema_async",
     "is_database_initialized",
+    "is_database_initialized_async",
     "load_migrations",
     "mask_url",
     "migrate",
+    "migrate_async",
     "reset_schema",
+    "reset_schema_async",
     "schema_status",
+    "schema_status_async",
     "test_connection",
+    "test_connection_async",
 ]
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "async_database": (
+            "AsyncDatabase",
+            "close_database_async",
+            "create_async_database",
+            "create_async_database_from_env",
+            "test_connection_async",
+        ),
         "config": ("DatabaseConfig", "config_from_env", "mask_url"),
         "database": (
             "Database",
@@ -103,7 +138,15 @@ __getattr__, __dir__ = lazy_exports(
             "QueryResultError",
             "SchemaError",
         ),
-        "maintenance": ("CleanupResult", "cleanup", "cleanup_expired_cache", "cleanup_old_dlq"),
+        "maintenance": (
+            "CleanupResult",
+            "cleanup",
+            "cleanup_async",
+            "cleanup_expired_cache",
+            "cleanup_expired_cache_async",
+            "cleanup_old_dlq",
+            "cleanup_old_dlq_async",
+        ),
         "schema": (
             "PIPEWEAVE_TABLES",
             "AppliedMigration",
@@ -111,11 +154,16 @@ __getattr__, __dir__ = lazy_exports(
             "Migration",
             "SchemaStatus",
             "initialize_schema",
+            "initialize_schema_async",
             "is_database_initialized",
+            "is_database_initialized_async",
             "load_migrations",
             "migrate",
+            "migrate_async",
             "reset_schema",
+            "reset_schema_async",
             "schema_status",
+            "schema_status_async",
         ),
     },
 )

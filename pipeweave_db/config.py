@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from functools import cache
+from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from pipeweave_db.errors import ConfigError
@@ -110,6 +111,19 @@ class DatabaseConfig:
         from psycopg.conninfo import make_conninfo
 
         return make_conninfo("", **self.params())
+
+    def pool_options(self) -> dict[str, Any]:
+        """What a psycopg_pool pool (sync or async) is given besides conninfo and check."""
+        return {
+            "min_size": 0,
+            "max_size": self.max,
+            "kwargs": {"autocommit": True},
+            "timeout": self.timeout,
+            # Connections are made on demand (min_size=0): when the server is gone, stop
+            # retrying after a connect timeout, so that the first request after it is back
+            # connects at once instead of waiting out a backoff meant for long outages.
+            "reconnect_timeout": self.timeout,
+        }
 
     @property
     def timeout(self) -> float:
@@ -209,6 +223,19 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> DatabaseConfig:
         user=names["DB_USER"],
         password=get("DB_PASS") or get("DB_PASSWORD"),
     )
+
+
+def config_from_options(
+    config: DatabaseConfig | None, options: Mapping[str, Any], caller: str
+) -> DatabaseConfig:
+    """``config`` with ``options`` laid over it, or a config of ``options`` alone (the seed's
+    keywords); an unknown keyword is a ConfigError naming ``caller``."""
+    try:
+        if config is None:
+            return DatabaseConfig(**options)
+        return dataclasses.replace(config, **options) if options else config
+    except TypeError as exc:
+        raise ConfigError(f"unknown setting for {caller}: {exc}") from None
 
 
 def _build(options: dict[str, object], **connection: object) -> DatabaseConfig:

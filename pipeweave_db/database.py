@@ -7,21 +7,20 @@ uses). Both answer the same calls, so code under test cannot tell them apart.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, TypeAlias
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, NullConnectionPool, PoolTimeout
 
 from pipeweave_db import schema
-from pipeweave_db.config import DatabaseConfig, config_from_env
-from pipeweave_db.errors import ConfigError, PipeweaveError, QueryResultError
+from pipeweave_db.config import DatabaseConfig, config_from_env, config_from_options
+from pipeweave_db.errors import PipeweaveError
+from pipeweave_db.rows import Kind, Params, Query, Row, expect
 
 __all__ = [
     "Database",
@@ -34,9 +33,6 @@ __all__ = [
 
 logger = logging.getLogger("pipeweave_db")
 
-Row: TypeAlias = dict[str, Any]
-Query: TypeAlias = str | bytes | sql.SQL | sql.Composed
-Params: TypeAlias = Sequence[Any] | Mapping[str, Any] | None
 Connection: TypeAlias = psycopg.Connection[Any]
 
 
@@ -50,15 +46,8 @@ class Database:
         pool_class = NullConnectionPool if config.allow_exit_on_idle else ConnectionPool
         pool = pool_class(
             config.conninfo(),
-            min_size=0,
-            max_size=config.max,
-            kwargs={"autocommit": True},
+            **config.pool_options(),
             check=ConnectionPool.check_connection,
-            timeout=config.timeout,
-            # Connections are made on demand (min_size=0): when the server is gone, stop
-            # retrying after a connect timeout, so that the first request after it is back
-            # connects at once instead of waiting out a backoff meant for long outages.
-            reconnect_timeout=config.timeout,
             open=True,
         )
         self._attach(config=config, pool=pool, owns_pool=True, verified=False)
@@ -110,42 +99,39 @@ class Database:
 
     def none(self, query: Query, params: Params = None) -> None:
         """Run a statement that must return no rows."""
-        rows, _ = self._run(query, params)
-        if rows:
-            raise QueryResultError("no rows", len(rows), _text(query))
+        self.query(query, params, "none")
 
     def one(self, query: Query, params: Params = None) -> Row:
         """The one row a query must return."""
-        rows, _ = self._run(query, params)
-        if len(rows) != 1:
-            raise QueryResultError("one row", len(rows), _text(query))
-        return rows[0]
+        row: Row = self.query(query, params, "one")
+        return row
 
     def one_or_none(self, query: Query, params: Params = None) -> Row | None:
         """The row a query returns, or None; more than one row is an error."""
-        rows, _ = self._run(query, params)
-        if len(rows) > 1:
-            raise QueryResultError("one row or none", len(rows), _text(query))
-        return rows[0] if rows else None
+        row: Row | None = self.query(query, params, "one_or_none")
+        return row
 
     def many(self, query: Query, params: Params = None) -> list[Row]:
         """The rows of a query that must return at least one."""
-        rows, _ = self._run(query, params)
-        if not rows:
-            raise QueryResultError("one row or more", 0, _text(query))
+        rows: list[Row] = self.query(query, params, "many")
         return rows
 
     def many_or_none(self, query: Query, params: Params = None) -> list[Row]:
         """All rows of a query, possibly none."""
-        rows, _ = self._run(query, params)
+        rows: list[Row] = self.query(query, params, "many_or_none")
         return rows
 
     any = many_or_none
 
     def result(self, query: Query, params: Params = None) -> int:
         """The number of rows a statement affected (or returned)."""
-        _, rowcount = self._run(query, params)
-        return rowcount
+        count: int = self.query(query, params, "result")
+        return count
+
+    def query(self, query: Query, params: Params = None, kind: Kind = "many_or_none") -> Any:
+        """pg-promise's ``query``: ``query`` run with the rule of the helper named ``kind``."""
+        rows, rowcount = self._run(query, params)
+        return expect(kind, rows, rowcount, query)
 
     # -- transactions and lifetime --------------------------------------------------------
 
@@ -259,14 +245,6 @@ def _last_result(cur: psycopg.Cursor[Row]) -> tuple[list[Row], int]:
     return rows, rowcount
 
 
-def _text(query: Query) -> str:
-    if isinstance(query, bytes):
-        return query.decode(errors="replace")
-    if isinstance(query, str):
-        return query
-    return repr(query)
-
-
 def create_database(config: DatabaseConfig | None = None, /, **options: Any) -> Database:
     """A Database from a config, or from the seed's keywords.
 
@@ -274,14 +252,7 @@ def create_database(config: DatabaseConfig | None = None, /, **options: Any) -> 
     ``create_database(host=..., port=..., database=..., user=..., password=..., ssl=..., max=...,
     allow_exit_on_idle=...)``; keywords given with a config override its fields.
     """
-    try:
-        if config is None:
-            config = DatabaseConfig(**options)
-        elif options:
-            config = dataclasses.replace(config, **options)
-    except TypeError as exc:
-        raise ConfigError(f"unknown setting for create_database: {exc}") from None
-    return Database(config)
+    return Database(config_from_options(config, options, "create_database"))
 
 
 def create_database_from_env(environ: Mapping[str, str] | None = None) -> Database:

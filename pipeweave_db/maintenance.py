@@ -4,6 +4,9 @@ Rows go in short batches, each its own transaction, so that millions of expired 
 locks for long and an interrupted cleanup leaves consistent tables that a second run finishes.
 Cut-offs are fixed when the cleanup starts: rows written meanwhile are judged by that moment,
 so a live row is never deleted and the loop always ends.
+
+Each function has an async twin for an ``AsyncDatabase`` (``cleanup_async``...), running the
+same steps (see ``steps``).
 """
 
 from __future__ import annotations
@@ -13,16 +16,21 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pipeweave_db.errors import require_whole_number
+from pipeweave_db.steps import Statement, Steps, run, run_async
 
 if TYPE_CHECKING:
+    from pipeweave_db.async_database import AsyncDatabase
     from pipeweave_db.database import Database
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "CleanupResult",
     "cleanup",
+    "cleanup_async",
     "cleanup_expired_cache",
+    "cleanup_expired_cache_async",
     "cleanup_old_dlq",
+    "cleanup_old_dlq_async",
 ]
 
 DEFAULT_BATCH_SIZE = 5000
@@ -58,18 +66,29 @@ def cleanup(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> CleanupResult:
     """Delete expired cache entries and DLQ entries older than ``dlq_retention_days``."""
-    # Checked before the cache part runs: a bad retention must not leave half a cleanup.
-    days = require_whole_number(dlq_retention_days, "dlq_retention_days", 0)
-    return CleanupResult(
-        expired_cache_deleted=cleanup_expired_cache(db, batch_size=batch_size),
-        old_dlq_deleted=cleanup_old_dlq(db, days, batch_size=batch_size),
-    )
+    return run(db, _cleanup(dlq_retention_days, batch_size))
+
+
+async def cleanup_async(
+    db: AsyncDatabase,
+    dlq_retention_days: int = DEFAULT_DLQ_RETENTION_DAYS,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> CleanupResult:
+    """``cleanup`` for an AsyncDatabase."""
+    return await run_async(db, _cleanup(dlq_retention_days, batch_size))
 
 
 def cleanup_expired_cache(db: Database, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     """Delete idempotency cache entries that expired before now; return how many."""
-    require_whole_number(batch_size, "batch_size", 1)
-    return _delete_in_batches(db, _DELETE_EXPIRED_CACHE, [_start(db)], batch_size)
+    return run(db, _expired_cache(batch_size))
+
+
+async def cleanup_expired_cache_async(
+    db: AsyncDatabase, *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> int:
+    """``cleanup_expired_cache`` for an AsyncDatabase."""
+    return await run_async(db, _expired_cache(batch_size))
 
 
 def cleanup_old_dlq(
@@ -79,24 +98,58 @@ def cleanup_old_dlq(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> int:
     """Delete DLQ entries that failed more than ``retention_days`` ago; return how many."""
+    return run(db, _old_dlq(retention_days, batch_size))
+
+
+async def cleanup_old_dlq_async(
+    db: AsyncDatabase,
+    retention_days: int = DEFAULT_DLQ_RETENTION_DAYS,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> int:
+    """``cleanup_old_dlq`` for an AsyncDatabase."""
+    return await run_async(db, _old_dlq(retention_days, batch_size))
+
+
+# -- the steps, shared by both ---------------------------------------------------------------
+
+
+def _cleanup(dlq_retention_days: int, batch_size: int) -> Steps[CleanupResult]:
+    # Checked before the cache part runs: a bad retention must not leave half a cleanup.
+    days = require_whole_number(dlq_retention_days, "dlq_retention_days", 0)
+    return CleanupResult(
+        expired_cache_deleted=(yield from _expired_cache(batch_size)),
+        old_dlq_deleted=(yield from _old_dlq(days, batch_size)),
+    )
+
+
+def _expired_cache(batch_size: int) -> Steps[int]:
+    require_whole_number(batch_size, "batch_size", 1)
+    start = yield from _start()
+    return (yield from _delete_in_batches(_DELETE_EXPIRED_CACHE, [start], batch_size))
+
+
+def _old_dlq(retention_days: int, batch_size: int) -> Steps[int]:
     days = require_whole_number(retention_days, "dlq_retention_days", 0)
     require_whole_number(batch_size, "batch_size", 1)
     # The retention is subtracted by PostgreSQL: a cut-off thousands of years back is valid
     # there, not in Python's datetime.
-    cutoff = [_start(db), min(days, _MAX_RETENTION_DAYS)]
-    return _delete_in_batches(db, _DELETE_OLD_DLQ, cutoff, batch_size)
+    start = yield from _start()
+    cutoff = [start, min(days, _MAX_RETENTION_DAYS)]
+    return (yield from _delete_in_batches(_DELETE_OLD_DLQ, cutoff, batch_size))
 
 
-def _start(db: Database) -> datetime:
+def _start() -> Steps[datetime]:
     # clock_timestamp(), not now(): inside a transaction now() is when it began.
-    start: datetime = db.one("SELECT clock_timestamp() AS start")["start"]
+    row = yield Statement("one", "SELECT clock_timestamp() AS start")
+    start: datetime = row["start"]
     return start
 
 
-def _delete_in_batches(db: Database, statement: str, cutoff: list[Any], batch_size: int) -> int:
+def _delete_in_batches(statement: str, cutoff: list[Any], batch_size: int) -> Steps[int]:
     total = 0
     while True:
-        deleted = db.result(statement, [*cutoff, batch_size])
+        deleted: int = yield Statement("result", statement, [*cutoff, batch_size])
         total += deleted
         if deleted < batch_size:
             return total

@@ -4,10 +4,14 @@ The DDL lives next to this module in ``migrations/NNNN_name.sql``. Applied migra
 recorded in ``pipeweave_schema_migrations``; every change takes a transaction-scoped advisory
 lock first, so that concurrent runs (several replicas starting, eight CI jobs running ``init``)
 queue up and each migration is applied once.
+
+Each function has an async twin for an ``AsyncDatabase`` (``initialize_schema_async``...):
+both run the same steps (see ``steps``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -19,10 +23,12 @@ import psycopg
 from psycopg import sql
 
 from pipeweave_db.errors import MigrationError, SchemaError
+from pipeweave_db.steps import Statement, Steps, Transaction, run, run_async, savepoint
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pipeweave_db.async_database import AsyncDatabase
     from pipeweave_db.database import Database
 
 __all__ = [
@@ -32,11 +38,16 @@ __all__ = [
     "Migration",
     "SchemaStatus",
     "initialize_schema",
+    "initialize_schema_async",
     "is_database_initialized",
+    "is_database_initialized_async",
     "load_migrations",
     "migrate",
+    "migrate_async",
     "reset_schema",
+    "reset_schema_async",
     "schema_status",
+    "schema_status_async",
 ]
 
 PIPEWEAVE_TABLES = (
@@ -140,14 +151,85 @@ def load_migrations() -> tuple[Migration, ...]:
 
 def is_database_initialized(db: Database) -> bool:
     """True only when all eight PipeWeave tables exist."""
-    return not _missing_tables(db)
+    return run(db, _is_initialized())
+
+
+async def is_database_initialized_async(db: AsyncDatabase) -> bool:
+    """``is_database_initialized`` for an AsyncDatabase."""
+    return await run_async(db, _is_initialized())
 
 
 def schema_status(db: Database, migrations: Sequence[Migration] | None = None) -> SchemaStatus:
     """PipeWeave tables present and missing, other tables apart, applied and pending migrations."""
-    migrations = load_migrations() if migrations is None else tuple(migrations)
-    present = _tables(db)
-    applied = _applied(db) if MIGRATIONS_TABLE in present else ()
+    return run(db, _status(_shipped(migrations)))
+
+
+async def schema_status_async(
+    db: AsyncDatabase, migrations: Sequence[Migration] | None = None
+) -> SchemaStatus:
+    """``schema_status`` for an AsyncDatabase."""
+    return await run_async(db, _status(_shipped(migrations)))
+
+
+def initialize_schema(db: Database, migrations: Sequence[Migration] | None = None) -> InitResult:
+    """Create whatever is missing, all in one transaction; safe to run again, and concurrently."""
+    return run(db, _initialize(_shipped(migrations)))
+
+
+async def initialize_schema_async(
+    db: AsyncDatabase, migrations: Sequence[Migration] | None = None
+) -> InitResult:
+    """``initialize_schema`` for an AsyncDatabase."""
+    return await run_async(db, _initialize(_shipped(migrations)))
+
+
+def migrate(db: Database, migrations: Sequence[Migration] | None = None) -> tuple[Migration, ...]:
+    """Apply pending migrations in order, each in its own transaction; stop at the first failure.
+
+    Raises MigrationError when a migration fails (those before it stay applied) or when an
+    applied migration no longer matches its file (then nothing is run).
+    """
+    return run(db, _migrate(_shipped(migrations)))
+
+
+async def migrate_async(
+    db: AsyncDatabase, migrations: Sequence[Migration] | None = None
+) -> tuple[Migration, ...]:
+    """``migrate`` for an AsyncDatabase."""
+    return await run_async(db, _migrate(_shipped(migrations)))
+
+
+def reset_schema(db: Database, migrations: Sequence[Migration] | None = None) -> InitResult:
+    """Drop PipeWeave's tables, functions and migration records, then recreate them.
+
+    One transaction: if anything outside PipeWeave depends on its tables (a foreign key, a
+    view), SchemaError says what and nothing is changed. Other tables are never touched.
+    """
+    return run(db, _reset(_shipped(migrations)))
+
+
+async def reset_schema_async(
+    db: AsyncDatabase, migrations: Sequence[Migration] | None = None
+) -> InitResult:
+    """``reset_schema`` for an AsyncDatabase."""
+    return await run_async(db, _reset(_shipped(migrations)))
+
+
+# -- the steps, shared by both ---------------------------------------------------------------
+
+
+def _shipped(migrations: Sequence[Migration] | None) -> tuple[Migration, ...]:
+    return load_migrations() if migrations is None else tuple(migrations)
+
+
+def _is_initialized() -> Steps[bool]:
+    present = yield from _tables()
+    return all(t in present for t in PIPEWEAVE_TABLES)
+
+
+def _status(migrations: Sequence[Migration]) -> Steps[SchemaStatus]:
+    present = yield from _tables()
+    applied = (yield from _applied()) if MIGRATIONS_TABLE in present else ()
     return SchemaStatus(
         tables=tuple(t for t in PIPEWEAVE_TABLES if t in present),
         missing_tables=tuple(t for t in PIPEWEAVE_TABLES if t not in present),
@@ -160,96 +242,80 @@ def schema_status(db: Database, migrations: Sequence[Migration] | None = None) -
     )
 
 
-def initialize_schema(db: Database, migrations: Sequence[Migration] | None = None) -> InitResult:
-    """Create whatever is missing, all in one transaction; safe to run again, and concurrently."""
-    migrations = load_migrations() if migrations is None else tuple(migrations)
-    with db.tx() as t:
-        _lock(t)
-        return _apply_all(t, migrations)
+def _initialize(migrations: Sequence[Migration]) -> Steps[InitResult]:
+    def locked() -> Steps[InitResult]:
+        yield from _lock()
+        return (yield from _apply_all(migrations))
+
+    result: InitResult = yield Transaction(locked())
+    return result
 
 
-def migrate(db: Database, migrations: Sequence[Migration] | None = None) -> tuple[Migration, ...]:
-    """Apply pending migrations in order, each in its own transaction; stop at the first failure.
+def _migrate(migrations: Sequence[Migration]) -> Steps[tuple[Migration, ...]]:
+    def one(migration: Migration) -> Steps[bool]:
+        yield from _lock()
+        yield from _ensure_tracking_table()
+        applied = yield from _applied()
+        _refuse_changed(migrations, applied)
+        if any(a.version == migration.version for a in applied):
+            return False
+        yield from _apply(migration)
+        return True
 
-    Raises MigrationError when a migration fails (those before it stay applied) or when an
-    applied migration no longer matches its file (then nothing is run).
-    """
-    migrations = load_migrations() if migrations is None else tuple(migrations)
     done: list[Migration] = []
     for migration in migrations:
-        with db.tx() as t:
-            _lock(t)
-            _ensure_tracking_table(t)
-            applied = _applied(t)
-            _refuse_changed(migrations, applied)
-            if any(a.version == migration.version for a in applied):
-                continue
-            _apply(t, migration)
-        done.append(migration)
+        if (yield Transaction(one(migration))):
+            done.append(migration)
     return tuple(done)
 
 
-def reset_schema(db: Database, migrations: Sequence[Migration] | None = None) -> InitResult:
-    """Drop PipeWeave's tables, functions and migration records, then recreate them.
-
-    One transaction: if anything outside PipeWeave depends on its tables (a foreign key, a
-    view), SchemaError says what and nothing is changed. Other tables are never touched.
-    """
-    migrations = load_migrations() if migrations is None else tuple(migrations)
-    with db.tx() as t:
-        _lock(t)
-        present = _tables(t)
-        drop = [t_ for t_ in (*PIPEWEAVE_TABLES, MIGRATIONS_TABLE) if t_ in present]
+def _reset(migrations: Sequence[Migration]) -> Steps[InitResult]:
+    def locked() -> Steps[InitResult]:
+        yield from _lock()
+        present = yield from _tables()
+        drop = [t for t in (*PIPEWEAVE_TABLES, MIGRATIONS_TABLE) if t in present]
         if drop:
+            tables = sql.SQL(", ").join(map(sql.Identifier, drop))
             try:
-                with t.tx() as sp:
-                    sp.none(
-                        sql.SQL("DROP TABLE {}").format(
-                            sql.SQL(", ").join(map(sql.Identifier, drop))
-                        )
-                    )
+                yield savepoint(Statement("none", sql.SQL("DROP TABLE {}").format(tables)))
             except psycopg.errors.DependentObjectsStillExist as exc:
                 raise SchemaError(f"cannot reset: {_dependency_detail(exc)}") from None
         for function in PIPEWEAVE_FUNCTIONS:
             # Another table's trigger may share update_updated_at_column(): then it stays.
-            try:
-                with t.tx() as sp:
-                    sp.none(
-                        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(function))
-                    )
-            except psycopg.errors.DependentObjectsStillExist:
-                pass
-        return _apply_all(t, migrations)
+            statement = sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(function))
+            with contextlib.suppress(psycopg.errors.DependentObjectsStillExist):
+                yield savepoint(Statement("none", statement))
+        return (yield from _apply_all(migrations))
+
+    result: InitResult = yield Transaction(locked())
+    return result
 
 
-# -- internals ------------------------------------------------------------------------------
+def _lock() -> Steps[None]:
+    yield Statement("one", "SELECT pg_advisory_xact_lock(%s) AS locked", [_LOCK_KEY])
 
 
-def _lock(t: Database) -> None:
-    t.one("SELECT pg_advisory_xact_lock(%s) AS locked", [_LOCK_KEY])
-
-
-def _apply_all(t: Database, migrations: Sequence[Migration]) -> InitResult:
-    before = _tables(t)
-    _ensure_tracking_table(t)
-    applied = _applied(t)
+def _apply_all(migrations: Sequence[Migration]) -> Steps[InitResult]:
+    before = yield from _tables()
+    yield from _ensure_tracking_table()
+    applied = yield from _applied()
     _refuse_changed(migrations, applied)
     pending = _pending(migrations, applied)
     for migration in pending:
-        _apply(t, migration)
-    after = _tables(t)
+        yield from _apply(migration)
+    after = yield from _tables()
     created = tuple(name for name in PIPEWEAVE_TABLES if name in after and name not in before)
     return InitResult(applied=pending, created_tables=created)
 
 
-def _apply(t: Database, migration: Migration) -> None:
+def _apply(migration: Migration) -> Steps[None]:
     try:
-        with t.tx() as sp:
-            sp.none(migration.sql)
+        yield savepoint(Statement("none", migration.sql))
     except psycopg.Error as exc:
         reason = (exc.diag.message_primary or str(exc)).strip()
         raise MigrationError(f"migration {migration.label} failed: {reason}") from exc
-    t.none(
+    yield Statement(
+        "none",
         sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(
             sql.Identifier(MIGRATIONS_TABLE)
         ),
@@ -257,8 +323,9 @@ def _apply(t: Database, migration: Migration) -> None:
     )
 
 
-def _ensure_tracking_table(t: Database) -> None:
-    t.none(
+def _ensure_tracking_table() -> Steps[None]:
+    yield Statement(
+        "none",
         sql.SQL(
             """CREATE TABLE IF NOT EXISTS {} (
             version INTEGER PRIMARY KEY,
@@ -266,15 +333,16 @@ def _ensure_tracking_table(t: Database) -> None:
             checksum TEXT NOT NULL,
             applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
         )"""
-        ).format(sql.Identifier(MIGRATIONS_TABLE))
+        ).format(sql.Identifier(MIGRATIONS_TABLE)),
     )
 
 
-def _applied(db: Database) -> tuple[AppliedMigration, ...]:
-    rows = db.many_or_none(
+def _applied() -> Steps[tuple[AppliedMigration, ...]]:
+    rows = yield Statement(
+        "many_or_none",
         sql.SQL("SELECT version, name, checksum, applied_at FROM {} ORDER BY version").format(
             sql.Identifier(MIGRATIONS_TABLE)
-        )
+        ),
     )
     return tuple(AppliedMigration(**row) for row in rows)
 
@@ -305,17 +373,13 @@ def _refuse_changed(migrations: Sequence[Migration], applied: Sequence[AppliedMi
         )
 
 
-def _tables(db: Database) -> set[str]:
-    rows = db.many_or_none(
+def _tables() -> Steps[set[str]]:
+    rows = yield Statement(
+        "many_or_none",
         "SELECT c.relname AS name FROM pg_class c"
-        " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')"
+        " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')",
     )
     return {row["name"] for row in rows}
-
-
-def _missing_tables(db: Database) -> list[str]:
-    present = _tables(db)
-    return [t for t in PIPEWEAVE_TABLES if t not in present]
 
 
 def _dependency_detail(exc: psycopg.Error) -> str:

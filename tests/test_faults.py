@@ -87,17 +87,18 @@ def test_an_interrupted_cleanup_leaves_consistent_tables_and_a_rerun_finishes(
     # batch, lock the table so that batch waits inside its DELETE, and kill it there.
     paused, resume = threading.Event(), threading.Event()
     batches = 0
-    run_batch = victim.result
+    run_query = victim.query
 
-    def result(query: Any, params: Any = None) -> int:
+    def query(query: Any, params: Any = None, kind: Any = "many_or_none") -> Any:
         nonlocal batches
-        batches += 1
-        if batches == 4:
-            paused.set()
-            resume.wait(30)
-        return run_batch(query, params)
+        if kind == "result":
+            batches += 1
+            if batches == 4:
+                paused.set()
+                resume.wait(30)
+        return run_query(query, params, kind)
 
-    victim.result = result  # type: ignore[method-assign]
+    victim.query = query  # type: ignore[method-assign]
 
     def run_cleanup() -> None:
         try:
@@ -125,7 +126,7 @@ def test_an_interrupted_cleanup_leaves_consistent_tables_and_a_rerun_finishes(
         blocker.rollback()
     worker.join(timeout=30)
     assert errors and isinstance(errors[0], psycopg.OperationalError), errors
-    del victim.result  # the rerun below runs every batch
+    del victim.query  # the rerun below runs every batch
 
     expired_left = db.one("SELECT count(*) AS n FROM idempotency_cache WHERE expires_at < now()")[
         "n"

@@ -74,13 +74,11 @@ class CountingDatabase:
         self.db = db
         self.deletes: list[int] = []
 
-    def one(self, query: Any, params: Any = None) -> Any:
-        return self.db.one(query, params)
-
-    def result(self, query: Any, params: Any = None) -> int:
-        count = self.db.result(query, params)
-        self.deletes.append(count)
-        return count
+    def query(self, query: Any, params: Any = None, kind: Any = "many_or_none") -> Any:
+        value = self.db.query(query, params, kind)
+        if kind == "result":
+            self.deletes.append(value)
+        return value
 
 
 def test_deletes_in_batches(pipeweave_database: Database) -> None:
