@@ -27,10 +27,15 @@ if TYPE_CHECKING:
         ServerGone,
         ServerUnavailable,
     )
-    from pytest_pipeweave.factories import PipeweaveFactory, code_hash, idempotency_key
+    from pytest_pipeweave.factories import (
+        AsyncPipeweaveFactory,
+        PipeweaveFactory,
+        code_hash,
+        idempotency_key,
+    )
     from pytest_pipeweave.isolation import WorkerDatabase
     from pytest_pipeweave.runs import new_run_key
-    from pytest_pipeweave.seed import SeedData, seed_database
+    from pytest_pipeweave.seed import SeedData, seed_database, seed_database_async
     from pytest_pipeweave.servers import (
         DockerServer,
         ExistingServer,
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
     from pytest_pipeweave.settings import Settings
 
 __all__ = [
+    "AsyncPipeweaveFactory",
     "BinariesNotFound",
     "DatabaseJanitor",
     "DockerServer",
@@ -67,6 +73,7 @@ __all__ = [
     "idempotency_key",
     "new_run_key",
     "seed_database",
+    "seed_database_async",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -88,10 +95,10 @@ __getattr__, __dir__ = lazy_exports(
             "ServerGone",
             "ServerUnavailable",
         ),
-        "factories": ("PipeweaveFactory", "code_hash", "idempotency_key"),
+        "factories": ("AsyncPipeweaveFactory", "PipeweaveFactory", "code_hash", "idempotency_key"),
         "isolation": ("WorkerDatabase",),
         "runs": ("new_run_key",),
-        "seed": ("SeedData", "seed_database"),
+        "seed": ("SeedData", "seed_database", "seed_database_async"),
         "servers": ("DockerServer", "ExistingServer", "LocalServer", "Server", "ServerInfo"),
         "settings": ("Settings",),
     },

@@ -11,10 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from pipeweave_db import CleanupResult, Database, Row
-from pytest_pipeweave.factories import PipeweaveFactory, code_hash
+from pipeweave_db import AsyncDatabase, CleanupResult, Database, Row
+from pipeweave_db.steps import Statement, Steps, run, run_async
+from pytest_pipeweave.factories import (
+    AsyncPipeweaveFactory,
+    FactorySteps,
+    PipeweaveFactory,
+    code_hash,
+)
 
-__all__ = ["DLQ_RETENTION_DAYS", "SeedData", "seed_database"]
+__all__ = ["DLQ_RETENTION_DAYS", "SeedData", "seed_database", "seed_database_async"]
 
 DLQ_RETENTION_DAYS = 30
 TASK_RUN_STATUSES = ("pending", "running", "completed", "failed", "timeout", "cancelled", "waiting")
@@ -47,7 +53,17 @@ class SeedData:
 
 def seed_database(db: Database, factory: PipeweaveFactory | None = None) -> SeedData:
     """Write the standard dataset through ``db`` and return it."""
-    make = factory or PipeweaveFactory(db)
+    return run(db, _seed(factory or PipeweaveFactory(db)))
+
+
+async def seed_database_async(
+    db: AsyncDatabase, factory: AsyncPipeweaveFactory | None = None
+) -> SeedData:
+    """``seed_database`` through an AsyncDatabase."""
+    return await run_async(db, _seed(factory or AsyncPipeweaveFactory(db)))
+
+
+def _seed(make: FactorySteps) -> Steps[SeedData]:
     data = SeedData()
     now = datetime.now(timezone.utc)
 
@@ -56,14 +72,14 @@ def seed_database(db: Database, factory: PipeweaveFactory | None = None) -> Seed
         ("inactive", now - timedelta(days=2)),
         ("disconnected", now - timedelta(minutes=10)),
     ):
-        data.services[status] = make.service(
+        data.services[status] = yield from make._service(
             id=f"svc-{status}", status=status, last_heartbeat=heartbeat, version="2.1.0"
         )
     active = data.services["active"]
 
     chain = {"fetch": ["transform"], "transform": ["load"], "load": []}
     for name, allowed_next in chain.items():
-        data.tasks[name] = make.task(
+        data.tasks[name] = yield from make._task(
             service=active,
             id=name,
             allowed_next=allowed_next,
@@ -73,20 +89,20 @@ def seed_database(db: Database, factory: PipeweaveFactory | None = None) -> Seed
         )
     # transform changed once: version 2, and two history rows.
     for version in (1, 2):
-        data.code_history.append(
-            make.task_code_history(
-                task_id="transform",
-                code_version=version,
-                code_hash=code_hash({"task": "transform", "version": version}),
-                service_version=f"2.{version - 1}.0",
-            )
+        history = yield from make._task_code_history(
+            task_id="transform",
+            code_version=version,
+            code_hash=code_hash({"task": "transform", "version": version}),
+            service_version=f"2.{version - 1}.0",
         )
-    data.tasks["transform"] = db.one(
+        data.code_history.append(history)
+    data.tasks["transform"] = yield Statement(
+        "one",
         "UPDATE tasks SET code_version = 2, code_hash = %s WHERE id = 'transform' RETURNING *",
         [code_hash({"task": "transform", "version": 2})],
     )
 
-    data.pipeline = make.pipeline(
+    data.pipeline = yield from make._pipeline(
         id="etl",
         name="etl",
         entry_tasks=["fetch"],
@@ -96,14 +112,14 @@ def seed_database(db: Database, factory: PipeweaveFactory | None = None) -> Seed
         },
     )
     for status in ("completed", "failed", "running"):
-        data.pipeline_runs[status] = make.pipeline_run(
+        data.pipeline_runs[status] = yield from make._pipeline_run(
             pipeline=data.pipeline, id=f"prun-{status}", status=status
         )
 
     data.task_runs = {status: [] for status in TASK_RUN_STATUSES}
 
-    def run(status: str, task: str, pipeline_run: str, **extra: object) -> Row:
-        row = make.task_run(
+    def task_run(status: str, task: str, pipeline_run: str, **extra: object) -> Steps[Row]:
+        row = yield from make._task_run(
             task=data.tasks[task],
             pipeline_run=data.pipeline_runs[pipeline_run],
             status=status,
@@ -113,16 +129,18 @@ def seed_database(db: Database, factory: PipeweaveFactory | None = None) -> Seed
         return row
 
     for task in chain:
-        run("completed", task, "completed")
-    run("completed", "fetch", "failed")
-    failed = run("failed", "transform", "failed", attempt=3, error_code="E_TRANSFORM")
-    run("cancelled", "load", "failed")
-    run("completed", "fetch", "running")
-    run("running", "transform", "running")
-    run("waiting", "load", "running")
-    run("timeout", "transform", "running", error_code="E_HEARTBEAT")
-    run("pending", "load", "running")
-    retried = run(
+        yield from task_run("completed", task, "completed")
+    yield from task_run("completed", "fetch", "failed")
+    failed = yield from task_run(
+        "failed", "transform", "failed", attempt=3, error_code="E_TRANSFORM"
+    )
+    yield from task_run("cancelled", "load", "failed")
+    yield from task_run("completed", "fetch", "running")
+    yield from task_run("running", "transform", "running")
+    yield from task_run("waiting", "load", "running")
+    yield from task_run("timeout", "transform", "running", error_code="E_HEARTBEAT")
+    yield from task_run("pending", "load", "running")
+    retried = yield from task_run(
         "pending",
         "transform",
         "running",
@@ -133,15 +151,17 @@ def seed_database(db: Database, factory: PipeweaveFactory | None = None) -> Seed
     data.retried_task_runs.append(retried)
 
     for days in (1, 0):
-        data.dlq_recent.append(
-            make.dlq_entry(task_run=failed, failed_at=now - timedelta(days=days))
-        )
+        entry = yield from make._dlq_entry(task_run=failed, failed_at=now - timedelta(days=days))
+        data.dlq_recent.append(entry)
     for days in (45, 90):
-        data.dlq_old.append(make.dlq_entry(task_run=failed, failed_at=now - timedelta(days=days)))
+        entry = yield from make._dlq_entry(task_run=failed, failed_at=now - timedelta(days=days))
+        data.dlq_old.append(entry)
 
     done = data.task_runs["completed"]
     for offset in (timedelta(hours=1), timedelta(days=1)):
-        data.cache_live.append(make.cache_entry(task_run=done[0], expires_at=now + offset))
+        entry = yield from make._cache_entry(task_run=done[0], expires_at=now + offset)
+        data.cache_live.append(entry)
     for offset in (timedelta(minutes=1), timedelta(hours=1), timedelta(days=2)):
-        data.cache_expired.append(make.cache_entry(task_run=done[1], expires_at=now - offset))
+        entry = yield from make._cache_entry(task_run=done[1], expires_at=now - offset)
+        data.cache_expired.append(entry)
     return data
