@@ -13,6 +13,13 @@
     pipeweave_factory             function  rows for every table
     pipeweave_seed                function  the standard dataset
 
+and for async tests, over the same pipeweave_database_url::
+
+    pipeweave_async_database            function  an AsyncDatabase, rolled back (or committed)
+    pipeweave_async_database_committed  function  real commits; the database is restored after
+    pipeweave_async_factory             function  rows for every table, awaited
+    pipeweave_async_seed                function  the standard dataset
+
 Override any link in a conftest.py (keeping its scope) and everything below it follows, as
 with pytest-django's ``django_db_setup``: a ``pipeweave_server`` of your own means the plugin
 starts no server; a ``pipeweave_database_url`` of your own means it needs none.
@@ -38,13 +45,19 @@ from pytest_pipeweave.servers import ServerInfo
 from pytest_pipeweave.session import PipeweaveSession
 
 if TYPE_CHECKING:
-    from pipeweave_db import Database
+    from pipeweave_db import AsyncDatabase, Database
     from pytest_pipeweave.databases import DatabaseJanitor, TemplateSetup
-    from pytest_pipeweave.factories import PipeweaveFactory
+    from pytest_pipeweave.factories import AsyncPipeweaveFactory, PipeweaveFactory
     from pytest_pipeweave.isolation import WorkerDatabase
     from pytest_pipeweave.seed import SeedData
 
-COMMITTED_FIXTURES = ("pipeweave_database_committed", "pipeweave_env")
+COMMITTED_FIXTURES = (
+    "pipeweave_database_committed",
+    "pipeweave_async_database_committed",
+    "pipeweave_env",
+)
+# pytest's names for the plugins that run async tests.
+ASYNC_RUNNERS = ("asyncio", "anyio")
 # Variables that would send create_database_from_env() somewhere else than the test database.
 _CLEARED_VARIABLES = ("AUTO_INIT_DB", "NODE_ENV", "PIPEWEAVE_ENV")
 # How to open the test databases the plugin copied from a template (by URL): so that one that
@@ -258,3 +271,78 @@ def pipeweave_seed(pipeweave_database: Database, pipeweave_factory: PipeweaveFac
     from pytest_pipeweave.seed import seed_database
 
     return seed_database(pipeweave_database, pipeweave_factory)
+
+
+# -- async tests ---------------------------------------------------------------------------------
+#
+# Plain (sync) fixtures: the transaction around a test is begun and ended on the worker
+# database's own loop, so they serve any async test runner, and tests on any loop scope.
+
+
+def _require_async_runner(request: pytest.FixtureRequest) -> None:
+    """An async test with nothing to run it: say what to install, in one line."""
+    plugins = request.config.pluginmanager
+    if inspect.iscoroutinefunction(getattr(request, "function", None)) and not any(
+        plugins.hasplugin(name) for name in ASYNC_RUNNERS
+    ):
+        pytest.fail(
+            "pipeweave: async tests need an async test runner: pip install pytest-asyncio "
+            "(or use anyio's pytest plugin, @pytest.mark.anyio)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def pipeweave_async_database(
+    request: pytest.FixtureRequest, _pipeweave_worker_database: WorkerDatabase
+) -> Iterator[AsyncDatabase]:
+    """An AsyncDatabase whose every change is rolled back after the test.
+
+    As ``pipeweave_database``: ``tx()`` in code under test is a savepoint, a failing statement
+    does not poison the test's transaction, and committed mode (``pipeweave_env``, the
+    committed fixtures, ``@pytest.mark.pipeweave(committed=True)``) makes it commit.
+    """
+    _require_async_runner(request)
+    if _committed_mode(request):
+        yield request.getfixturevalue("pipeweave_async_database_committed")
+        return
+    with _one_line_failures(), _pipeweave_worker_database.async_rolled_back() as db:
+        yield db
+
+
+@pytest.fixture
+def pipeweave_async_database_committed(
+    request: pytest.FixtureRequest, _pipeweave_worker_database: WorkerDatabase
+) -> Iterator[AsyncDatabase]:
+    """An AsyncDatabase whose changes commit, visible to other connections and processes.
+
+    After the test the database is put back to its template state.
+    """
+    _require_async_runner(request)
+    with _one_line_failures():
+        db = _pipeweave_worker_database.async_committed()
+    yield db
+    with _one_line_failures():
+        _pipeweave_worker_database.reset()
+
+
+@pytest.fixture
+def pipeweave_async_factory(pipeweave_async_database: AsyncDatabase) -> AsyncPipeweaveFactory:
+    """``pipeweave_factory`` through the test's AsyncDatabase: ``await factory.task_run()``."""
+    from pytest_pipeweave.factories import AsyncPipeweaveFactory
+
+    return AsyncPipeweaveFactory(pipeweave_async_database)
+
+
+@pytest.fixture
+def pipeweave_async_seed(
+    _pipeweave_worker_database: WorkerDatabase,
+    pipeweave_async_database: AsyncDatabase,
+    pipeweave_async_factory: AsyncPipeweaveFactory,
+) -> SeedData:
+    """The standard dataset, written through ``pipeweave_async_database`` before the test."""
+    from pytest_pipeweave.seed import seed_database_async
+
+    return _pipeweave_worker_database.call(
+        seed_database_async(pipeweave_async_database, pipeweave_async_factory)
+    )

@@ -4,20 +4,29 @@ Rollback tests share one connection, each inside a transaction rolled back at it
 committed tests share one pool, and after each the database is restored to the state it had
 when the first began (see ``restore``), or copied from its template again when a test changed
 the schema.
+
+Async tests share one async connection in the same ways. It belongs to no test's event loop:
+tests come with loops of their own (per test, module or session; pytest-asyncio or anyio), so
+the transaction around each is begun and ended between tests, without a loop, and what needs a
+loop otherwise (connecting, the seed) runs on this database's own; the test's AsyncDatabase
+makes its tasks take turns on the connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from pipeweave_db import Database, mask_url
+from pipeweave_db import AsyncDatabase, Database, mask_url
 from pytest_pipeweave.errors import RestoreFailed, ServerGone, first_line
 from pytest_pipeweave.restore import DatabaseSnapshot
+
+T = TypeVar("T")
 
 
 class WorkerDatabase:
@@ -40,6 +49,8 @@ class WorkerDatabase:
         self._conn: psycopg.Connection[Any] | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._snapshot: DatabaseSnapshot | None = None
+        self._async_conn: psycopg.AsyncConnection[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def connection(self) -> psycopg.Connection[Any]:
         """The shared autocommit connection, reopened if a test closed or broke it."""
@@ -72,14 +83,8 @@ class WorkerDatabase:
 
     def committed(self) -> Database:
         """A Database over the shared pool: its statements commit for real."""
+        self._capture()
         with self._gone_on_failure():
-            conn = self.connection()
-            try:
-                conn.execute("SELECT 1")
-            except psycopg.OperationalError:
-                conn = self.connection()
-            if self._snapshot is None:
-                self._snapshot = DatabaseSnapshot.capture(conn)
             if self._pool is None:
                 self._pool = ConnectionPool(
                     self.url,
@@ -91,6 +96,69 @@ class WorkerDatabase:
                     open=True,
                 )
         return Database.from_pool(self._pool)
+
+    def _capture(self) -> None:
+        """The state committed tests are put back to, captured before the first of them."""
+        with self._gone_on_failure():
+            conn = self.connection()
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.OperationalError:
+                conn = self.connection()
+            if self._snapshot is None:
+                self._snapshot = DatabaseSnapshot.capture(conn)
+
+    # -- async tests ---------------------------------------------------------------------
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """``coroutine`` run to its end on this database's own event loop."""
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coroutine)
+
+    def async_connection(self) -> psycopg.AsyncConnection[Any]:
+        """The shared async autocommit connection, reopened if a test closed or broke it."""
+        conn = self._async_conn
+        if conn is None or conn.closed or conn.broken:
+            with self._gone_on_failure():
+                conn = self.call(
+                    psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
+                )
+            self._async_conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def async_rolled_back(self) -> Iterator[AsyncDatabase]:
+        """``rolled_back()`` for an async test: an AsyncDatabase in a transaction undone after.
+
+        A connection a test left in a state where ROLLBACK fails (a query cancelled half way)
+        is closed instead: its transaction goes with it, and the next test connects again.
+        """
+        conn = self.async_connection()
+        try:
+            _between_tests(conn, b"BEGIN")
+        except psycopg.OperationalError:  # the server restarted, or is gone
+            self._close_async_connection()
+            conn = self.async_connection()
+            with self._gone_on_failure():
+                _between_tests(conn, b"BEGIN")
+        try:
+            yield AsyncDatabase.bound(conn)
+        finally:
+            try:
+                _between_tests(conn, b"ROLLBACK")
+            except psycopg.OperationalError:
+                self._close_async_connection()
+
+    def async_committed(self) -> AsyncDatabase:
+        """``committed()`` for an async test: its statements commit for real."""
+        self._capture()
+        conn = self.async_connection()
+        try:
+            self.call(conn.execute("SELECT 1"))
+        except psycopg.OperationalError:
+            conn = self.async_connection()
+        return AsyncDatabase.bound(conn, statement_savepoints=False)
 
     def reset(self) -> None:
         """Back to the captured state after a committed test: restore, else copy again."""
@@ -115,10 +183,33 @@ class WorkerDatabase:
         except psycopg.OperationalError as exc:
             raise ServerGone(f"the {self.server} stopped answering ({first_line(exc)})") from None
 
+    def _close_async_connection(self) -> None:
+        if self._async_conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.call(self._async_conn.close())
+            self._async_conn = None
+
     def close(self) -> None:
+        self._close_async_connection()
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
         if self._pool is not None:
             self._pool.close()
             self._pool = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _between_tests(conn: psycopg.AsyncConnection[Any], command: bytes) -> None:
+    """BEGIN or ROLLBACK on ``conn`` while no test runs, with no event loop at all.
+
+    libpq's PQexec blocks even on a nonblocking connection such as psycopg's async ones (its
+    documentation says so), and psycopg reads the transaction's state back from libpq: this is
+    a fraction of the cost of running the coroutine on a loop, twice a test.
+    """
+    result = conn.pgconn.exec_(command)
+    if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+        message = result.error_message.decode(errors="replace").strip()
+        raise psycopg.OperationalError(message or f"{command.decode()} failed")

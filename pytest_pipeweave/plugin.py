@@ -19,6 +19,10 @@ from pytest_pipeweave.errors import ServerUnavailable
 from pytest_pipeweave.fixtures import (  # noqa: F401  (fixtures are found in the plugin module)
     _pipeweave_janitor,
     _pipeweave_worker_database,
+    pipeweave_async_database,
+    pipeweave_async_database_committed,
+    pipeweave_async_factory,
+    pipeweave_async_seed,
     pipeweave_config,
     pipeweave_database,
     pipeweave_database_committed,

@@ -147,7 +147,7 @@ def test_clear_error_when_no_backend_is_available(
             servers.BACKENDS[backend], "available", classmethod(lambda cls, settings: False)
         )
     pytester.makepyfile(DB_TEST)
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         ["*no PostgreSQL server available*--pipeweave-url*PostgreSQL binaries*Docker engine*"]
