@@ -43,13 +43,14 @@ REPO = HERE.parent
 SUITE = HERE / "suite"
 RESULTS = HERE / "results"
 REQUIREMENTS = [
-    "pytest-postgresql>=7",
+    "pytest-postgresql[async]>=10",
+    "pytest-asyncio>=1.4",
     "testcontainers>=4.8",
     "pytest-xdist>=3.5",
     "matplotlib>=3.7",
 ]
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-MEASUREMENTS = ("isolation", "reset", "start", "xdist", "cleanup", "seed")
+MEASUREMENTS = ("isolation", "reset", "start", "xdist", "cleanup", "seed", "async")
 IMAGE = os.environ.get("PIPEWEAVE_IMAGE", "postgres:15")
 # pytest-postgresql's process fixture tuned as the local backend is (data on tmpfs, no fsync).
 TUNED_PG_OPTIONS = "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
@@ -366,6 +367,51 @@ def isolation(run: Runner, figs: Figures, repeat: int, docker: bool) -> None:
             )
 
 
+def async_isolation(run: Runner, figs: Figures, repeat: int) -> None:
+    """(7) The same 200 tests, async: pipeweave_async_database against pipeweave_database,
+    pytest-postgresql's postgresql_async (a clone per test), and each runner's floor (a fixture
+    that does nothing: pytest's cost per test, and pytest-asyncio's with a loop per test)."""
+    tools = [
+        ("sync", "test_isolation_ours.py", {}),
+        ("async", "test_isolation_async.py", {}),
+        ("pgpg_async", "test_isolation_pgpg_async.py", {"peer": "pytest-postgresql"}),
+        ("floor", "test_floor.py", {"peer": "none"}),
+    ]
+    labels = {
+        "sync": "PipeWeave pipeweave_database (sync, same run)",
+        "async": "PipeWeave pipeweave_async_database",
+        "pgpg_async": "pytest-postgresql postgresql_async (clone per test, defaults)",
+        "floor_sync": "floor: a sync test with a fixture doing nothing",
+        "floor_async": "floor: an async test (pytest-asyncio) with a fixture doing nothing",
+    }
+    for rep in range(repeat):
+        say(f"async isolation, repetition {rep + 1}/{repeat}")
+        cost: dict[str, float] = {}
+        for name, test_file, options in tools[rep % len(tools) :] + tools[: rep % len(tools)]:
+            timing = run_tool(run, test_file, options)["timing"]
+            parts = (
+                {f"floor_{k}": only(timing, f"::test_{k}[") for k in ("sync", "async")}
+                if name == "floor"
+                else {name: timing}
+            )
+            for key, part in parts.items():
+                cost[key] = median(phases(part, "setup", "teardown")) * MS
+                figs.add(
+                    f"async.{key}.overhead_ms", cost[key], f"{labels[key]}: setup+teardown", "ms"
+                )
+        figs.ratio("async.sync_ratio", cost["async"] / cost["sync"], "async / sync, setup+teardown")
+        figs.ratio(
+            "async.sync_above_floor_ratio",
+            (cost["async"] - cost["floor_async"]) / (cost["sync"] - cost["floor_sync"]),
+            "async / sync, each above its runner's floor",
+        )
+        figs.ratio(
+            "async.pgpg_ratio",
+            cost["pgpg_async"] / cost["async"],
+            "pgpg_async / async, setup+teardown",
+        )
+
+
 def run_tool(run: Runner, test_file: str, options: dict[str, Any]) -> dict[str, Any]:
     peer = options.get("peer", "")
     args: list[str] = []
@@ -636,6 +682,32 @@ def load_average() -> list[float]:
 
 TARGETS: list[dict[str, Any]] = [
     {
+        "what": "Async rollback isolation per test, vs the sync fixture",
+        "ours": "async.async.overhead_ms",
+        "peer": "async.sync.overhead_ms",
+        "peer_name": "pipeweave_database, same run",
+        "ratio": "async.sync_ratio",
+        "target": "<= 1.5x the sync fixture",
+        "met": lambda f: f.median("async.sync_ratio") <= 1.5,
+    },
+    {
+        "what": "Async isolation vs sync, each above its runner's floor",
+        "ours": "async.async.overhead_ms",
+        "peer": "async.floor_async.overhead_ms",
+        "peer_name": "pytest-asyncio's own floor; sync floor apart",
+        "ratio": "async.sync_above_floor_ratio",
+        "target": "",
+    },
+    {
+        "what": "Async isolation vs pytest-postgresql's async fixture",
+        "ours": "async.async.overhead_ms",
+        "peer": "async.pgpg_async.overhead_ms",
+        "peer_name": "pytest-postgresql postgresql_async",
+        "ratio": "async.pgpg_ratio",
+        "target": ">= 50x cheaper",
+        "met": lambda f: f.median("async.pgpg_ratio") >= 50,
+    },
+    {
         "what": "Rollback isolation per test (setup+teardown)",
         "ours": "isolation.ours.overhead_ms",
         "peer": "isolation.pgpg.overhead_ms",
@@ -872,7 +944,9 @@ def chart(figs: Figures, path: Path) -> None:
 
     bars = [
         ("PipeWeave: pipeweave_database (rollback)", "isolation.ours.overhead_ms", True),
+        ("PipeWeave: pipeweave_async_database (rollback)", "async.async.overhead_ms", True),
         ("PipeWeave: pipeweave_database_committed (reset)", "reset.ours_ms", True),
+        ("pytest-postgresql postgresql_async (defaults)", "async.pgpg_async.overhead_ms", False),
         ("TRUNCATE of the eight tables (same server)", "reset.truncate_ms", False),
         ("testcontainers + TRUNCATE per test", "isolation.tc.overhead_ms", False),
         (
@@ -1015,6 +1089,8 @@ def main(argv: list[str]) -> int:
         isolation(run, figs, repeat, docker is not None)
     if "reset" in chosen:
         reset(run, figs, heavy)
+    if "async" in chosen:
+        async_isolation(run, figs, repeat)
     if "start" in chosen:
         start(run, figs, repeat, docker is not None)
     if "xdist" in chosen:

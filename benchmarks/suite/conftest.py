@@ -36,6 +36,7 @@ if PEER == "pytest-postgresql":
     # fixture that clones that template for each test and drops the clone afterwards.
     postgresql_proc = factories.postgresql_proc(load=[load_pipeweave_schema])
     postgresql = factories.postgresql("postgresql_proc")
+    postgresql_async = factories.postgresql_async("postgresql_proc")
 
 
 if PEER == "testcontainers":

@@ -7,7 +7,7 @@ none): ``Database.any`` for PipeWeave, a thin wrapper around a psycopg connectio
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 Query = Callable[[str, Sequence[Any]], list[Any]]
@@ -38,27 +38,44 @@ def psycopg_query(conn: Any) -> Query:
     return query
 
 
-def write_and_read(query: Query, n: int) -> None:
+def isolation_statements(n: int) -> list[tuple[str, list[Any]]]:
     """The isolation suites' test body: three rows written, then read back through a join."""
     service, task, run = f"svc-{n}", f"task-{n}", f"run-{n}"
-    query(
-        "INSERT INTO services (id, version, base_url) VALUES (%s, '1.0.0', 'http://127.0.0.1')",
-        [service],
-    )
-    query(
-        "INSERT INTO tasks (id, service_id, code_hash) VALUES (%s, %s, 'c0ffee')",
-        [task, service],
-    )
-    query(
-        "INSERT INTO task_runs (id, task_id, code_version, code_hash, max_retries)"
-        " VALUES (%s, %s, 1, 'c0ffee', 3)",
-        [run, task],
-    )
-    rows = query(
-        "SELECT r.id, t.service_id FROM task_runs r JOIN tasks t ON t.id = r.task_id"
-        " WHERE r.id = %s",
-        [run],
-    )
+    return [
+        (
+            "INSERT INTO services (id, version, base_url) VALUES (%s, '1.0.0', 'http://127.0.0.1')",
+            [service],
+        ),
+        (
+            "INSERT INTO tasks (id, service_id, code_hash) VALUES (%s, %s, 'c0ffee')",
+            [task, service],
+        ),
+        (
+            "INSERT INTO task_runs (id, task_id, code_version, code_hash, max_retries)"
+            " VALUES (%s, %s, 1, 'c0ffee', 3)",
+            [run, task],
+        ),
+        (
+            "SELECT r.id, t.service_id FROM task_runs r JOIN tasks t ON t.id = r.task_id"
+            " WHERE r.id = %s",
+            [run],
+        ),
+    ]
+
+
+def write_and_read(query: Query, n: int) -> None:
+    rows: list[Any] = []
+    for sql, params in isolation_statements(n):
+        rows = query(sql, params)
+    assert len(rows) == 1
+
+
+async def write_and_read_async(
+    query: Callable[[str, Sequence[Any]], Awaitable[list[Any]]], n: int
+) -> None:
+    rows: list[Any] = []
+    for sql, params in isolation_statements(n):
+        rows = await query(sql, params)
     assert len(rows) == 1
 
 

@@ -1,0 +1,26 @@
+"""The README's examples run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def example(name: str) -> str:
+    """The Python code between ``<!-- name -->`` and ``<!-- /name -->`` in the README."""
+    text = README.read_text()
+    match = re.search(rf"<!-- {name} -->\s*```python\n(.*?)```\s*<!-- /{name} -->", text, re.S)
+    assert match, f"no {name} block in the README"
+    return match.group(1)
+
+
+@pytest.mark.usefixtures("pipeweave_inner_env")
+def test_the_async_quick_start(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_readme_async=example("async-example"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=2)
