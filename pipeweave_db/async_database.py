@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, AsyncNullConnectionPool, PoolTimeout
 
 from pipeweave_db.config import DatabaseConfig, config_from_env, config_from_options
-from pipeweave_db.errors import PipeweaveError
+from pipeweave_db.database import closed_error, describe, exhausted
 from pipeweave_db.rows import Kind, Params, Query, Row, expect
 
 __all__ = [
@@ -207,12 +207,7 @@ class AsyncDatabase:
         await self.close()
 
     def __repr__(self) -> str:
-        if self._conn is not None or self.config is None:
-            where = "bound to one connection"
-        else:
-            where = self.config.masked_url
-        state = " (closed)" if self._closed else ""
-        return f"<AsyncDatabase {where}{state}>"
+        return describe(self, bound=self._conn is not None, closed=self._closed)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -247,11 +242,7 @@ class AsyncDatabase:
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
         if self._closed:
-            raise PipeweaveError(
-                "this AsyncDatabase is closed"
-                if self._conn is None and self._pool is not None
-                else "this transaction has ended: use it only inside its 'async with db.tx()'"
-            )
+            raise closed_error(self, ended_transaction=self._conn is None and self._pool is None)
         if self._conn is not None:
             yield self._conn
             return
@@ -272,9 +263,8 @@ class AsyncDatabase:
             if self.config is None:
                 raise
             await _connect_directly(self.config)
-            stats = pool.get_stats()
-            if stats.get("pool_size", 0) >= pool.max_size and not stats.get("pool_available"):
-                raise  # every connection is in use: the pool is too small, not broken
+            if exhausted(pool.get_stats(), pool.max_size):
+                raise
             # The server answers again: the pool's reconnection gave up just before. Once more.
             return await pool.getconn()
 

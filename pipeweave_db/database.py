@@ -174,12 +174,7 @@ class Database:
         self.close()
 
     def __repr__(self) -> str:
-        if self._conn is not None or self.config is None:
-            where = "bound to one connection"
-        else:
-            where = self.config.masked_url
-        state = " (closed)" if self._closed else ""
-        return f"<Database {where}{state}>"
+        return describe(self, bound=self._conn is not None, closed=self._closed)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -195,11 +190,7 @@ class Database:
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
         if self._closed:
-            raise PipeweaveError(
-                "this Database is closed"
-                if self._conn is None and self._pool is not None
-                else "this transaction has ended: use it only inside its 'with db.tx()' block"
-            )
+            raise closed_error(self, ended_transaction=self._conn is None and self._pool is None)
         if self._conn is not None:
             yield self._conn
             return
@@ -223,11 +214,31 @@ class Database:
             if self.config is None:
                 raise
             _connect_directly(self.config)
-            stats = pool.get_stats()
-            if stats.get("pool_size", 0) >= pool.max_size and not stats.get("pool_available"):
-                raise  # every connection is in use: the pool is too small, not broken
+            if exhausted(pool.get_stats(), pool.max_size):
+                raise
             # The server answers again: the pool's reconnection gave up just before. Once more.
             return pool.getconn()
+
+
+def describe(db: Any, *, bound: bool, closed: bool) -> str:
+    """``repr()`` of a Database or an AsyncDatabase: where it goes, never with the password."""
+    config: DatabaseConfig | None = db.config
+    where = "bound to one connection" if bound or config is None else config.masked_url
+    return f"<{type(db).__name__} {where}{' (closed)' if closed else ''}>"
+
+
+def closed_error(db: Any, *, ended_transaction: bool) -> PipeweaveError:
+    """What using a closed Database (or a ``tx()`` block's, after the block) raises."""
+    if ended_transaction:
+        block = "async with db.tx()" if type(db).__name__.startswith("Async") else "with db.tx()"
+        return PipeweaveError(f"this transaction has ended: use it only inside its '{block}' block")
+    return PipeweaveError(f"this {type(db).__name__} is closed")
+
+
+def exhausted(stats: Mapping[str, int], max_size: int) -> bool:
+    """After a pool timeout on a server that answers: every connection is in use, so the pool
+    is too small, not broken."""
+    return stats.get("pool_size", 0) >= max_size and not stats.get("pool_available")
 
 
 def _connect_directly(config: DatabaseConfig) -> None:

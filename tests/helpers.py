@@ -199,3 +199,27 @@ def script_env(**variables: str) -> dict[str, str]:
     """The environment without the outer run's plugin settings (a user's script has none)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPEWEAVE_", "PYTEST_"))}
     return {**env, **variables}
+
+
+# For inner test files: kill_the_server(pipeweave_server) SIGKILLs the plugin's local server,
+# the postmaster and every backend (each in a process group of its own), as when its machine goes.
+KILL_THE_SERVER = """
+import os, pathlib, signal
+
+def children(pid):
+    found = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+def kill_the_server(server):
+    data = pathlib.Path(server.socket_dir).parent / "data"
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    for victim in [pid, *children(pid)]:
+        os.kill(victim, signal.SIGKILL)
+"""

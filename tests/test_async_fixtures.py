@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
+from helpers import KILL_THE_SERVER
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
 
@@ -150,33 +153,20 @@ def test_a_server_killed_mid_test_fails_the_next_in_one_line(pytester: pytest.Py
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
     )
     pytester.makepyfile(
-        """
-        import os, pathlib, signal
+        KILL_THE_SERVER
+        + textwrap.dedent(
+            """
+            async def test_kill_the_server(pipeweave_server, pipeweave_async_database):
+                await pipeweave_async_database.one("SELECT 1 AS x")
+                kill_the_server(pipeweave_server)
 
-        def children(pid):
-            found = []
-            for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
-                try:
-                    fields = stat.read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == pid:
-                    found.append(int(stat.parent.name))
-            return found
+            async def test_rollback_after(pipeweave_async_database):
+                pass
 
-        async def test_kill_the_server(pipeweave_server, pipeweave_async_database):
-            await pipeweave_async_database.one("SELECT 1 AS x")
-            data = pathlib.Path(pipeweave_server.socket_dir).parent / "data"
-            pid = int((data / "postmaster.pid").read_text().split()[0])
-            for victim in [pid, *children(pid)]:
-                os.kill(victim, signal.SIGKILL)
-
-        async def test_rollback_after(pipeweave_async_database):
-            pass
-
-        async def test_committed_after(pipeweave_async_database_committed):
-            pass
-        """
+            async def test_committed_after(pipeweave_async_database_committed):
+                pass
+            """
+        )
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
     result.assert_outcomes(passed=1, errors=2)

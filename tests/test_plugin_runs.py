@@ -8,12 +8,14 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import KILL_THE_SERVER
 
 import pytest_pipeweave.servers as servers
 from pytest_pipeweave import LocalServer, ServerInfo
@@ -409,34 +411,19 @@ def _answers(url: str) -> bool:
 
 def test_server_dying_mid_session_fails_tests_fast_and_clearly(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
-        """
-        import os, pathlib, signal
+        KILL_THE_SERVER
+        + textwrap.dedent(
+            """
+            def test_kill_the_server(pipeweave_server, pipeweave_database):
+                kill_the_server(pipeweave_server)
 
-        def children(pid):
-            found = []
-            for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
-                try:
-                    fields = stat.read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == pid:
-                    found.append(int(stat.parent.name))
-            return found
+            def test_rollback_after(pipeweave_database):
+                pass
 
-        def test_kill_the_server(pipeweave_server, pipeweave_database):
-            # The postmaster and its backends (each in a process group of its own): the whole
-            # server dies, as when its container or machine goes.
-            data = pathlib.Path(pipeweave_server.socket_dir).parent / "data"
-            pid = int((data / "postmaster.pid").read_text().split()[0])
-            for victim in [pid, *children(pid)]:
-                os.kill(victim, signal.SIGKILL)
-
-        def test_rollback_after(pipeweave_database):
-            pass
-
-        def test_committed_after(pipeweave_database_committed):
-            pass
-        """
+            def test_committed_after(pipeweave_database_committed):
+                pass
+            """
+        )
     )
     result = run(pytester, timeout=60)
     result.assert_outcomes(passed=1, errors=2)
