@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -108,14 +109,26 @@ class SchemaStatus:
     applied: tuple[AppliedMigration, ...]
     pending: tuple[Migration, ...]
     changed: tuple[AppliedMigration, ...]
+    # Indexes, triggers and functions of the applied migrations that are not there, which init
+    # creates again ("index idx_tasks_code_hash on tasks", "trigger t on tasks", "function f").
+    missing_objects: tuple[str, ...] = ()
+    # PipeWeave tables that exist with another shape (columns missing): init cannot repair them.
+    differing_tables: tuple[str, ...] = ()
 
     @property
     def initialized(self) -> bool:
         return not self.missing_tables
 
     @property
+    def repairable(self) -> bool:
+        """True when ``initialize_schema`` would create everything that is missing."""
+        return not self.differing_tables
+
+    @property
     def up_to_date(self) -> bool:
-        return self.initialized and not self.pending and not self.changed
+        return self.initialized and not (
+            self.pending or self.changed or self.missing_objects or self.differing_tables
+        )
 
     @property
     def version(self) -> int | None:
@@ -128,10 +141,12 @@ class InitResult:
 
     applied: tuple[Migration, ...]
     created_tables: tuple[str, ...]
+    # Indexes, triggers and functions of applied migrations that were missing and are back.
+    repaired: tuple[str, ...] = ()
 
     @property
     def changed_anything(self) -> bool:
-        return bool(self.applied or self.created_tables)
+        return bool(self.applied or self.created_tables or self.repaired)
 
 
 def load_migrations() -> tuple[Migration, ...]:
@@ -230,6 +245,7 @@ def _is_initialized() -> Steps[bool]:
 def _status(migrations: Sequence[Migration]) -> Steps[SchemaStatus]:
     present = yield from _tables()
     applied = (yield from _applied()) if MIGRATIONS_TABLE in present else ()
+    missing, differing = yield from _damage(migrations, applied)
     return SchemaStatus(
         tables=tuple(t for t in PIPEWEAVE_TABLES if t in present),
         missing_tables=tuple(t for t in PIPEWEAVE_TABLES if t not in present),
@@ -239,6 +255,8 @@ def _status(migrations: Sequence[Migration]) -> Steps[SchemaStatus]:
         applied=applied,
         pending=_pending(migrations, applied),
         changed=_changed(migrations, applied),
+        missing_objects=tuple(sorted(label for label in missing if not _is_table(label))),
+        differing_tables=differing,
     )
 
 
@@ -300,20 +318,135 @@ def _apply_all(migrations: Sequence[Migration]) -> Steps[InitResult]:
     yield from _ensure_tracking_table()
     applied = yield from _applied()
     _refuse_changed(migrations, applied)
+    repaired = yield from _repair(migrations, applied)
     pending = _pending(migrations, applied)
     for migration in pending:
         yield from _apply(migration)
     after = yield from _tables()
     created = tuple(name for name in PIPEWEAVE_TABLES if name in after and name not in before)
-    return InitResult(applied=pending, created_tables=created)
+    return InitResult(applied=pending, created_tables=created, repaired=repaired)
 
 
-def _apply(migration: Migration) -> Steps[None]:
+# -- what the applied migrations should have made, and what is missing ------------------------
+
+# Every object of a schema, labelled "table services", "index i on tasks", "trigger t on tasks",
+# "function f", "column services.status". Indexes that back a constraint go with their table.
+_OBJECTS = """
+SELECT 'table ' || c.relname FROM pg_class c
+WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p')
+UNION ALL
+SELECT 'index ' || c.relname || ' on ' || t.relname FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
+WHERE c.relnamespace = %(schema)s::regnamespace
+  AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = c.oid)
+UNION ALL
+SELECT 'trigger ' || t.tgname || ' on ' || c.relname FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+WHERE c.relnamespace = %(schema)s::regnamespace AND NOT t.tgisinternal
+UNION ALL
+SELECT 'function ' || p.proname FROM pg_proc p WHERE p.pronamespace = %(schema)s::regnamespace
+UNION ALL
+SELECT 'column ' || c.relname || '.' || a.attname FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p')
+  AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
+class _Probed(Exception):
+    """Ends the probe's savepoint (rolling its schema back) with what it found."""
+
+    def __init__(self, objects: frozenset[str]) -> None:
+        self.objects = objects
+
+
+def _objects(schema: str) -> Steps[frozenset[str]]:
+    rows = yield Statement("many_or_none", sql.SQL(_OBJECTS), {"schema": schema})
+    return frozenset(next(iter(row.values())) for row in rows)
+
+
+def _expected(migrations: Sequence[Migration]) -> Steps[frozenset[str] | None]:
+    """What ``migrations`` create in an empty schema: run there, in a savepoint rolled back.
+
+    None when the role may not create a schema: then only tables are compared.
+    """
+    probe = f"pipeweave_probe_{uuid.uuid4().hex[:12]}"
+
+    def in_probe() -> Steps[None]:
+        yield Statement("none", sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(probe)))
+        yield Statement("none", sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(probe)))
+        for migration in migrations:
+            yield Statement("none", migration.sql)
+        raise _Probed((yield from _objects(probe)))
+
+    try:
+        yield Transaction(in_probe())
+    except _Probed as probed:
+        return probed.objects
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    raise AssertionError("the probe always ends in _Probed")  # pragma: no cover
+
+
+def _damage(
+    migrations: Sequence[Migration], applied: Sequence[AppliedMigration]
+) -> Steps[tuple[frozenset[str], tuple[str, ...]]]:
+    """What the applied migrations made that is missing now, and the tables whose shape is not
+    theirs (a column missing: nothing init may repair)."""
+    done = [m for m in migrations if any(a.version == m.version for a in applied)]
+    expected = (yield from _expected(done)) if done else None
+    if not expected:
+        return frozenset(), ()
+    schema = yield Statement("one", "SELECT current_schema() AS name")
+    missing = expected - (yield from _objects(schema["name"]))
+    tables_missing = {label.split()[1] for label in missing if _is_table(label)}
+    columns: dict[str, list[str]] = {}
+    for label in sorted(missing):
+        if label.startswith("column "):
+            table, column = label.split()[1].split(".", 1)
+            if table not in tables_missing:
+                columns.setdefault(table, []).append(column)
+    differing = tuple(
+        f"{table} (missing columns: {', '.join(names)})" for table, names in sorted(columns.items())
+    )
+    # A missing table's indexes and triggers come back with it: not listed apart.
+    parts = {label for label in missing if label.startswith("column ")}
+    parts |= {label for label in missing for t in tables_missing if label.endswith(f" on {t}")}
+    return frozenset(missing - parts), differing
+
+
+def _repair(
+    migrations: Sequence[Migration], applied: Sequence[AppliedMigration]
+) -> Steps[tuple[str, ...]]:
+    """Run the applied migrations again where what they made is missing (they create only
+    what is not there); refuse, changing nothing, where a table has another shape."""
+    missing, differing = yield from _damage(migrations, applied)
+    if differing:
+        raise SchemaError(
+            f"cannot repair: {'; '.join(differing)}. Restore those columns by hand, or run "
+            "`pipeweave-db reset` (it deletes every PipeWeave row)"
+        )
+    if not missing:
+        return ()
+    for migration in migrations:
+        if any(a.version == migration.version for a in applied):
+            yield from _apply(migration, record=False)
+    return tuple(sorted(label for label in missing if not _is_table(label)))
+
+
+def _is_table(label: str) -> bool:
+    return label.startswith("table ")
+
+
+def _apply(migration: Migration, *, record: bool = True) -> Steps[None]:
+    """Run ``migration``; record it as applied unless it is run again to repair."""
     try:
         yield savepoint(Statement("none", migration.sql))
     except psycopg.Error as exc:
         reason = (exc.diag.message_primary or str(exc)).strip()
         raise MigrationError(f"migration {migration.label} failed: {reason}") from exc
+    if not record:
+        return
     yield Statement(
         "none",
         sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(

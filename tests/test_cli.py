@@ -247,6 +247,7 @@ def test_init_json_on_an_empty_database(
     assert result.json() == {
         "changed": True,
         "created_tables": list(PIPEWEAVE_TABLES),
+        "repaired_objects": [],
         "applied_migrations": MIGRATION_LABELS,
         "schema_version": LATEST.version,
     }
@@ -267,6 +268,7 @@ def test_init_on_an_initialized_database_changes_nothing(
     assert run("init", "--json", env=pipeweave_env).json() == {
         "changed": False,
         "created_tables": [],
+        "repaired_objects": [],
         "applied_migrations": [],
         "schema_version": LATEST.version,
     }
@@ -370,6 +372,8 @@ def test_status_json_when_up_to_date(
         "schema_version": LATEST.version,
         "tables": list(PIPEWEAVE_TABLES),
         "missing_tables": [],
+        "missing_objects": [],
+        "differing_tables": [],
         "other_tables": ["my_app_users"],
         "pending_migrations": [],
         "changed_migrations": [],

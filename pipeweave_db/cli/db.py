@@ -35,7 +35,7 @@ from pipeweave_db.troubleshooting import Diagnosis, diagnose
 
 
 class ExitCode(enum.IntEnum):
-    """Exit codes of ``pipeweave-db``; ``status`` uses 3 to 5 to tell a pipeline what is wrong."""
+    """Exit codes of ``pipeweave-db``; ``status`` uses 3 to 6 to tell a pipeline what is wrong."""
 
     OK = 0
     FAILED = 1
@@ -43,6 +43,7 @@ class ExitCode(enum.IntEnum):
     NOT_INITIALIZED = 3
     MIGRATIONS_PENDING = 4
     MIGRATIONS_CHANGED = 5
+    SCHEMA_DIFFERS = 6
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -63,7 +64,9 @@ def init(connection: ConnectionOptions, as_json: bool) -> None:
     """Create the PipeWeave tables (safe to run again).
 
     Only what is missing is created, in one transaction, so running init on an initialized
-    database, or from several CI jobs at once, changes nothing.
+    database, or from several CI jobs at once, changes nothing. A table, index, trigger or
+    function of an applied migration that was dropped is created again; rows are never
+    touched.
     """
     with connect(connection, as_json=as_json) as db:
         result = initialize_schema(db)
@@ -73,6 +76,7 @@ def init(connection: ConnectionOptions, as_json: bool) -> None:
             {
                 "changed": result.changed_anything,
                 "created_tables": list(result.created_tables),
+                "repaired_objects": list(result.repaired),
                 "applied_migrations": [m.label for m in result.applied],
                 "schema_version": version,
             }
@@ -87,6 +91,8 @@ def init(connection: ConnectionOptions, as_json: bool) -> None:
         echo_list("Created tables", result.created_tables)
     else:
         click.echo(f"Created tables: none, all {len(PIPEWEAVE_TABLES)} were there already")
+    if result.repaired:
+        echo_list("Created again", result.repaired)
     if result.applied:
         echo_list("Applied migrations", [m.label for m in result.applied])
 
@@ -96,17 +102,21 @@ _STATE_NAMES = {
     ExitCode.NOT_INITIALIZED: "not_initialized",
     ExitCode.MIGRATIONS_PENDING: "migrations_pending",
     ExitCode.MIGRATIONS_CHANGED: "migrations_changed",
+    ExitCode.SCHEMA_DIFFERS: "schema_differs",
 }
 
 
 def status_exit_code(current: SchemaStatus) -> ExitCode:
     """What ``status`` exits with: the problem that blocks the most comes first.
 
-    A changed migration makes init and migrate refuse, so it outranks missing tables.
+    A changed migration makes init and migrate refuse, so it outranks missing tables; so does a
+    table with another shape, which init cannot repair.
     """
     if current.changed:
         return ExitCode.MIGRATIONS_CHANGED
-    if not current.initialized:
+    if not current.repairable:
+        return ExitCode.SCHEMA_DIFFERS
+    if not current.initialized or current.missing_objects:
         return ExitCode.NOT_INITIALIZED
     if current.pending:
         return ExitCode.MIGRATIONS_PENDING
@@ -127,9 +137,10 @@ def status(ctx: click.Context, connection: ConnectionOptions, as_json: bool) -> 
     Exit codes:
       0  initialized and up to date
       1  could not check (connection or configuration error)
-      3  not initialized: PipeWeave tables are missing (run init)
+      3  objects are missing that init creates (tables, indexes, triggers): run init
       4  migrations pending (run migrate)
       5  an applied migration no longer matches its file
+      6  a PipeWeave table has another shape (columns missing): init cannot repair it
     """
     with connect(connection, as_json=as_json) as db:
         current = schema_status(db)
@@ -143,6 +154,8 @@ def status(ctx: click.Context, connection: ConnectionOptions, as_json: bool) -> 
                 "schema_version": current.version,
                 "tables": list(current.tables),
                 "missing_tables": list(current.missing_tables),
+                "missing_objects": list(current.missing_objects),
+                "differing_tables": list(current.differing_tables),
                 "other_tables": list(current.other_tables),
                 "applied_migrations": [
                     {
@@ -171,6 +184,10 @@ def echo_status(current: SchemaStatus, code: ExitCode) -> None:
     echo_list("Tables", current.tables)
     if current.missing_tables:
         echo_list("Missing tables", current.missing_tables)
+    if current.missing_objects:
+        echo_list("Missing indexes, triggers and functions", current.missing_objects)
+    if current.differing_tables:
+        echo_list("Tables with another shape", current.differing_tables)
     if current.other_tables:
         click.echo(f"Other tables (not PipeWeave's): {len(current.other_tables)}")
     version = current.version if current.version is not None else "none"
@@ -184,8 +201,13 @@ def echo_status(current: SchemaStatus, code: ExitCode) -> None:
             "Changed migrations (applied, but their files differ)",
             [m.label for m in current.changed],
         )
+    missing = "tables" if current.missing_tables else "indexes, triggers and functions"
     next_step = {
-        ExitCode.NOT_INITIALIZED: "Run `pipeweave-db init` to create the missing tables.",
+        ExitCode.NOT_INITIALIZED: f"Run `pipeweave-db init` to create the missing {missing}.",
+        ExitCode.SCHEMA_DIFFERS: (
+            "`pipeweave-db init` cannot repair a table with missing columns: restore them by "
+            "hand, or run `pipeweave-db reset` (it deletes every PipeWeave row)."
+        ),
         ExitCode.MIGRATIONS_PENDING: "Run `pipeweave-db migrate` to apply the pending migrations.",
         ExitCode.MIGRATIONS_CHANGED: (
             "Restore the changed migration files, or repair the database by hand."
