@@ -186,7 +186,7 @@ def test_a_query_cancelled_half_way_leaves_the_next_test_clean(pytester: pytest.
         async def test_cancelled(pipeweave_async_database):
             await pipeweave_async_database.none(
                 "INSERT INTO services (id, version, base_url) VALUES ('a', '1', 'u')")
-            with pytest.raises(TimeoutError):
+            with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(pipeweave_async_database.one("SELECT pg_sleep(5)"), 0.2)
 
         async def test_next(pipeweave_async_database):
