@@ -50,7 +50,7 @@ REQUIREMENTS = [
     "matplotlib>=3.7",
 ]
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-MEASUREMENTS = ("isolation", "reset", "start", "xdist", "cleanup", "seed", "async")
+MEASUREMENTS = ("isolation", "reset", "start", "xdist", "cleanup", "seed", "async", "scoped")
 IMAGE = os.environ.get("PIPEWEAVE_IMAGE", "postgres:15")
 # pytest-postgresql's process fixture tuned as the local backend is (data on tmpfs, no fsync).
 TUNED_PG_OPTIONS = "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
@@ -433,6 +433,31 @@ def async_isolation(run: Runner, figs: Figures, repeat: int) -> None:
             cost["pgpg_async"] / cost["async"],
             "pgpg_async / async, setup+teardown",
         )
+
+
+def scoped(run: Runner, figs: Figures, repeat: int) -> None:
+    """(8) The same 200 tests inside a module whose fixture wrote 500 task runs for all of
+    them (each test a savepoint in the module's transaction) against plain pipeweave_database
+    tests (each a transaction)."""
+    tools = [
+        ("plain", "test_isolation_ours.py"),
+        ("module", "test_isolation_module.py"),
+    ]
+    labels = {
+        "plain": "PipeWeave pipeweave_database (same run)",
+        "module": "PipeWeave pipeweave_database inside module data",
+    }
+    for rep in range(repeat):
+        say(f"module data, repetition {rep + 1}/{repeat}")
+        cost: dict[str, float] = {}
+        for name, test_file in tools[rep % 2 :] + tools[: rep % 2]:
+            timing = run_tool(run, test_file, {})["timing"]
+            # The first test also sets up the module's data: that is the module's, not a test's.
+            cost[name] = median(phases(timing, "setup", "teardown")[1:]) * MS
+            figs.add(
+                f"scoped.{name}.overhead_ms", cost[name], f"{labels[name]}: setup+teardown", "ms"
+            )
+        figs.ratio("scoped.module_ratio", cost["module"] / cost["plain"], "module data / plain")
 
 
 def run_tool(run: Runner, test_file: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -860,6 +885,15 @@ TARGETS: list[dict[str, Any]] = [
         "target": "",
     },
     {
+        "what": "A test inside a module with shared data (setup+teardown)",
+        "ours": "scoped.module.overhead_ms",
+        "peer": "scoped.plain.overhead_ms",
+        "peer_name": "a plain pipeweave_database test",
+        "ratio": "scoped.module_ratio",
+        "target": "<= 1x the plain test",
+        "met": _at_most("scoped.module_ratio", 1),
+    },
+    {
         "what": "Cleanup throughput",
         "ours": "cleanup.rows_per_s",
         "peer": "cleanup.plain_rows_per_s",
@@ -1157,6 +1191,8 @@ def main(argv: list[str]) -> int:
         reset(run, figs, heavy)
     if "async" in chosen:
         async_isolation(run, figs, repeat)
+    if "scoped" in chosen:
+        scoped(run, figs, repeat)
     if "start" in chosen:
         start(run, figs, repeat, docker is not None)
     if "xdist" in chosen:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         RestoreFailed,
         ServerGone,
         ServerUnavailable,
+        SharedDataOpen,
     )
     from pytest_pipeweave.factories import (
         AsyncPipeweaveFactory,
@@ -61,6 +62,7 @@ __all__ = [
     "ServerInfo",
     "ServerUnavailable",
     "Settings",
+    "SharedDataOpen",
     "Template",
     "TemplateSetup",
     "WorkerDatabase",
@@ -94,6 +96,7 @@ __getattr__, __dir__ = lazy_exports(
             "RestoreFailed",
             "ServerGone",
             "ServerUnavailable",
+            "SharedDataOpen",
         ),
         "factories": ("AsyncPipeweaveFactory", "PipeweaveFactory", "code_hash", "idempotency_key"),
         "isolation": ("WorkerDatabase",),

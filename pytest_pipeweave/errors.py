@@ -46,6 +46,12 @@ class ServerGone(PluginError):
     kind = "server_gone"
 
 
+class SharedDataOpen(PluginError):
+    """A committed test where module or class data is held open, uncommitted."""
+
+    kind = "shared_data_open"
+
+
 class RestoreFailed(PluginError):
     """A committed test's database could not be put back to its template state."""
 

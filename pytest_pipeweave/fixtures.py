@@ -12,6 +12,8 @@
     pipeweave_env                 function  DATABASE_URL for create_database_from_env and the CLI
     pipeweave_factory             function  rows for every table
     pipeweave_seed                function  the standard dataset
+    pipeweave_module_database     module    data for a module's tests, rolled back at its end
+    pipeweave_class_database      class     the same for a class, inside the module's
 
 and for async tests, over the same pipeweave_database_url::
 
@@ -19,6 +21,8 @@ and for async tests, over the same pipeweave_database_url::
     pipeweave_async_database_committed  function  real commits; the database is restored after
     pipeweave_async_factory             function  rows for every table, awaited
     pipeweave_async_seed                function  the standard dataset
+    pipeweave_async_module_database     module    data for a module's async tests
+    pipeweave_async_class_database      class     the same for a class, inside the module's
 
 Override any link in a conftest.py (keeping its scope) and everything below it follows, as
 with pytest-django's ``django_db_setup``: a ``pipeweave_server`` of your own means the plugin
@@ -35,7 +39,7 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -64,6 +68,9 @@ _CLEARED_VARIABLES = ("AUTO_INIT_DB", "NODE_ENV", "PIPEWEAVE_ENV")
 # a committed test changed the schema of is copied again. A URL from an overridden
 # pipeweave_database_url is not in it.
 _WORKER_DATABASES = pytest.StashKey[dict[str, "Callable[[], WorkerDatabase]"]]()
+# The worker database that holds module or class data open, for the check in
+# ``data_fixture_outlives_class``.
+HOLDING = pytest.StashKey["WorkerDatabase"]()
 
 
 def _session(request: pytest.FixtureRequest) -> PipeweaveSession:
@@ -273,6 +280,60 @@ def pipeweave_seed(pipeweave_database: Database, pipeweave_factory: PipeweaveFac
     return seed_database(pipeweave_database, pipeweave_factory)
 
 
+# -- data for a module or a class ---------------------------------------------------------------
+#
+# Transactions held open for the scope on the test connection: each test inside is a savepoint.
+# The class's depends on the module's, so that they always end in the order they began.
+
+
+@pytest.fixture(scope="module")
+def pipeweave_module_database(
+    request: pytest.FixtureRequest, _pipeweave_worker_database: WorkerDatabase
+) -> Iterator[Database]:
+    """A Database in a transaction held open for the module, rolled back at its end.
+
+    What a module-scoped fixture writes through it, every test of the module sees; each
+    test's own writes (``pipeweave_database``, factory, seed) are undone before the next.
+    """
+    request.config.stash[HOLDING] = _pipeweave_worker_database
+    with _one_line_failures(), _pipeweave_worker_database.rolled_back(holder="module") as db:
+        yield db
+
+
+@pytest.fixture(scope="class")
+def pipeweave_class_database(
+    pipeweave_module_database: Database, _pipeweave_worker_database: WorkerDatabase
+) -> Iterator[Database]:
+    """``pipeweave_module_database`` for a class: its data is rolled back at the class's end."""
+    with _one_line_failures(), _pipeweave_worker_database.rolled_back(holder="class") as db:
+        yield db
+
+
+def data_fixture_outlives_class(fixturedef: pytest.FixtureDef[Any], config: pytest.Config) -> None:
+    """Refuse a module-scoped fixture that writes module data, first needed inside a class
+    that holds data of its own.
+
+    It would write into the class's transaction: its data would go at the class's end, while
+    pytest keeps the fixture for the rest of the module.
+    """
+    if fixturedef.scope != "module":
+        return
+    holding = config.stash.get(HOLDING, None)
+    if holding is None:
+        return
+    for argname, held in (
+        ("pipeweave_module_database", holding.held),
+        ("pipeweave_async_module_database", holding.async_held),
+    ):
+        if argname in fixturedef.argnames and "class" in held:
+            pytest.fail(
+                f"pipeweave: the module fixture {fixturedef.argname} is first needed inside a "
+                "class that holds data of its own, whose end would undo what it writes: add "
+                f"@pytest.mark.usefixtures({fixturedef.argname!r}) to the class",
+                pytrace=False,
+            )
+
+
 # -- async tests ---------------------------------------------------------------------------------
 #
 # Plain (sync) fixtures: the transaction around a test is begun and ended on the worker
@@ -346,3 +407,24 @@ def pipeweave_async_seed(
     return _pipeweave_worker_database.call(
         seed_database_async(pipeweave_async_database, pipeweave_async_factory)
     )
+
+
+@pytest.fixture(scope="module")
+def pipeweave_async_module_database(
+    request: pytest.FixtureRequest, _pipeweave_worker_database: WorkerDatabase
+) -> Iterator[AsyncDatabase]:
+    """``pipeweave_module_database`` for async tests (their connection is another one):
+    what a module-scoped async fixture writes through it, every async test of the module sees.
+    """
+    request.config.stash[HOLDING] = _pipeweave_worker_database
+    with _one_line_failures(), _pipeweave_worker_database.async_rolled_back("module") as db:
+        yield db
+
+
+@pytest.fixture(scope="class")
+def pipeweave_async_class_database(
+    pipeweave_async_module_database: AsyncDatabase, _pipeweave_worker_database: WorkerDatabase
+) -> Iterator[AsyncDatabase]:
+    """``pipeweave_async_module_database`` for a class, rolled back at the class's end."""
+    with _one_line_failures(), _pipeweave_worker_database.async_rolled_back("class") as db:
+        yield db

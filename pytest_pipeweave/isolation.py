@@ -5,6 +5,11 @@ committed tests share one pool, and after each the database is restored to the s
 when the first began (see ``restore``), or copied from its template again when a test changed
 the schema.
 
+Data for a module or class is written in a transaction held open on the same connection for
+that scope (``held``): the tests inside it are savepoints, so each sees the data and loses its
+own writes. Committed tests are refused while one is held: they could not see the data, and
+what they committed could not be undone.
+
 Async tests share one async connection in the same ways. It belongs to no test's event loop:
 tests come with loops of their own (per test, module or session; pytest-asyncio or anyio), so
 the transaction around each is begun and ended between tests, without a loop, and what needs a
@@ -23,7 +28,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from pipeweave_db import AsyncDatabase, Database, mask_url
-from pytest_pipeweave.errors import RestoreFailed, ServerGone, first_line
+from pytest_pipeweave.errors import RestoreFailed, ServerGone, SharedDataOpen, first_line
 from pytest_pipeweave.restore import DatabaseSnapshot
 
 T = TypeVar("T")
@@ -51,6 +56,10 @@ class WorkerDatabase:
         self._snapshot: DatabaseSnapshot | None = None
         self._async_conn: psycopg.AsyncConnection[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The scopes ("module", "class") whose transactions are open, outermost first, on the
+        # shared connection and on the async one.
+        self.held: list[str] = []
+        self.async_held: list[str] = []
 
     def connection(self) -> psycopg.Connection[Any]:
         """The shared autocommit connection, reopened if a test closed or broke it."""
@@ -60,20 +69,29 @@ class WorkerDatabase:
         return self._conn
 
     @contextlib.contextmanager
-    def rolled_back(self) -> Iterator[Database]:
+    def rolled_back(self, holder: str | None = None) -> Iterator[Database]:
         """A Database inside a transaction on the shared connection, rolled back at the end.
 
-        BEGIN doubles as a liveness check: a server that died since the last test shows here,
-        as ServerGone, not as a hang or a confusing error inside the test.
+        Inside a transaction held for a module or class it is a savepoint; ``holder`` names
+        the scope that this one is held for. BEGIN doubles as a liveness check: a server that
+        died since the last test shows here, as ServerGone, not as a hang or a confusing error
+        inside the test.
         """
+        if self.held and not _usable(self._conn):
+            raise self._held_data_lost(self.held)
         conn = self.connection()
         stack = contextlib.ExitStack()
         try:
             stack.enter_context(conn.transaction(force_rollback=True))
         except psycopg.OperationalError:
+            if self.held:
+                raise self._held_data_lost(self.held) from None
             conn = self.connection()
             with self._gone_on_failure():
                 stack.enter_context(conn.transaction(force_rollback=True))
+        if holder is not None:
+            self.held.append(holder)
+            stack.callback(self.held.pop)
         try:
             with stack:
                 yield Database.bound(conn)
@@ -83,6 +101,7 @@ class WorkerDatabase:
 
     def committed(self) -> Database:
         """A Database over the shared pool: its statements commit for real."""
+        self._refuse_while_held()
         self._capture()
         with self._gone_on_failure():
             if self._pool is None:
@@ -128,30 +147,49 @@ class WorkerDatabase:
         return conn
 
     @contextlib.contextmanager
-    def async_rolled_back(self) -> Iterator[AsyncDatabase]:
+    def async_rolled_back(self, holder: str | None = None) -> Iterator[AsyncDatabase]:
         """``rolled_back()`` for an async test: an AsyncDatabase in a transaction undone after.
 
         A connection a test left in a state where ROLLBACK fails (a query cancelled half way)
         is closed instead: its transaction goes with it, and the next test connects again.
         """
+        if self.async_held and not _usable(self._async_conn):
+            raise self._held_data_lost(self.async_held)
+        depth = len(self.async_held)
+        begin, end = (
+            (b"BEGIN", b"ROLLBACK")
+            if depth == 0
+            else (
+                b"SAVEPOINT pipeweave_%d" % depth,
+                b"ROLLBACK TO SAVEPOINT pipeweave_%d; RELEASE SAVEPOINT pipeweave_%d"
+                % (depth, depth),
+            )
+        )
         conn = self.async_connection()
         try:
-            _between_tests(conn, b"BEGIN")
+            _between_tests(conn, begin)
         except psycopg.OperationalError:  # the server restarted, or is gone
             self._close_async_connection()
+            if depth:
+                raise self._held_data_lost(self.async_held) from None
             conn = self.async_connection()
             with self._gone_on_failure():
-                _between_tests(conn, b"BEGIN")
+                _between_tests(conn, begin)
+        if holder is not None:
+            self.async_held.append(holder)
         try:
             yield AsyncDatabase.bound(conn)
         finally:
+            if holder is not None:
+                self.async_held.pop()
             try:
-                _between_tests(conn, b"ROLLBACK")
+                _between_tests(conn, end)
             except psycopg.OperationalError:
                 self._close_async_connection()
 
     def async_committed(self) -> AsyncDatabase:
         """``committed()`` for an async test: its statements commit for real."""
+        self._refuse_while_held()
         self._capture()
         conn = self.async_connection()
         try:
@@ -175,6 +213,22 @@ class WorkerDatabase:
             self.close()
             self.recreate()
             self._snapshot = None
+
+    def _held_data_lost(self, held: list[str]) -> ServerGone:
+        """The connection under a module's or class's data is gone, and the data with it."""
+        return ServerGone(
+            f"the {self.server} stopped answering, and the data held for this {held[0]} went "
+            "with its connection"
+        )
+
+    def _refuse_while_held(self) -> None:
+        held = self.held or self.async_held
+        if held:
+            raise SharedDataOpen(
+                f"a committed test cannot run inside this {held[0]}'s data "
+                f"(pipeweave_{held[0]}_database): that data is never committed, so the test "
+                f"could not see it, nor could its commits be undone; move it out of the {held[0]}"
+            )
 
     @contextlib.contextmanager
     def _gone_on_failure(self) -> Iterator[None]:
@@ -200,6 +254,10 @@ class WorkerDatabase:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _usable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> bool:
+    return conn is not None and not conn.closed and not conn.broken
 
 
 def _between_tests(conn: psycopg.AsyncConnection[Any], command: bytes) -> None:

@@ -19,16 +19,21 @@ from pytest_pipeweave.errors import ServerUnavailable
 from pytest_pipeweave.fixtures import (  # noqa: F401  (fixtures are found in the plugin module)
     _pipeweave_janitor,
     _pipeweave_worker_database,
+    data_fixture_outlives_class,
+    pipeweave_async_class_database,
     pipeweave_async_database,
     pipeweave_async_database_committed,
     pipeweave_async_factory,
+    pipeweave_async_module_database,
     pipeweave_async_seed,
+    pipeweave_class_database,
     pipeweave_config,
     pipeweave_database,
     pipeweave_database_committed,
     pipeweave_database_url,
     pipeweave_env,
     pipeweave_factory,
+    pipeweave_module_database,
     pipeweave_seed,
     pipeweave_server,
     pipeweave_template,
@@ -78,6 +83,13 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[_REPORTS] = []
     PipeweaveSession.install(config, settings_from(config))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> None:
+    data_fixture_outlives_class(fixturedef, request.config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

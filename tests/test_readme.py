@@ -24,3 +24,12 @@ def test_the_async_quick_start(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_readme_async=example("async-example"))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.usefixtures("pipeweave_inner_env")
+def test_the_module_data_example(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_readme_module=example("module-example"))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:asyncio", timeout=120
+    )
+    result.assert_outcomes(passed=4)
