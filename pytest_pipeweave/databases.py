@@ -9,6 +9,8 @@ Names are always quoted identifiers, comments quoted literals: nothing is pasted
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import re
 import socket
 import time
@@ -20,7 +22,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pipeweave_db import ArgumentError, Database, create_database, initialize_schema
+from pipeweave_db import (
+    ArgumentError,
+    Database,
+    create_database,
+    initialize_schema,
+    load_migrations,
+)
 from pytest_pipeweave.errors import ServerUnavailable, first_line
 from pytest_pipeweave.servers.base import ServerInfo
 
@@ -31,6 +39,15 @@ _OWNER = re.compile(r"^pytest-pipeweave run=(?P<run>[0-9a-f]{12}) host=\S+(?: bu
 # High 16 bits of the advisory lock keys; the low 48 are the run key's 12 hex digits.
 _RUN_LOCK = 0x7077
 _BUILD_LOCK = 0x7078
+# Held (shared) by every run using a reusable template, so that a stale one is dropped only
+# when no run uses it.
+_TEMPLATE_LOCK = 0x7079
+# A reusable template's comment: its key, the run that built it, and what the key was made of.
+_REUSABLE = re.compile(
+    r"^pytest-pipeweave template=(?P<key>[0-9a-f]{12}) run=(?P<run>[0-9a-f]{12}) "
+    r"schema=(?P<schema>\S+) postgres=(?P<postgres>\S+) setup=(?P<setup>\S+) "
+    r"origin=(?P<origin>\S+)$"
+)
 
 TemplateSetup = Callable[[Database], None]
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -139,12 +156,78 @@ def _databases(conn: Connection, run_key: str | None = None) -> list[tuple[str, 
     return found
 
 
+def _try_lock(conn: Connection, lock: int) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", [lock]).fetchone()
+    return bool(row and row[0])
+
+
 @dataclass(frozen=True)
 class Template:
-    """The run's template database, and how long building it took (None: built before)."""
+    """The run's template database, and how long building it took (None: built before).
+
+    ``rebuilt`` says why a reusable template was built again (None: reused, built for the
+    first time, or not reusable).
+    """
 
     name: str
     build_seconds: float | None
+    rebuilt: str | None = None
+
+
+@dataclass(frozen=True)
+class TemplateKey:
+    """What a reusable template depends on, each part a short hash or version: the shipped
+    migrations, the server's PostgreSQL, and the setup (its code, or a key its owner gives).
+
+    ``origin`` names the setup function: a new template replaces the older ones of its origin,
+    and leaves those of other suites sharing the server alone.
+    """
+
+    schema: str
+    postgres: str
+    setup: str
+    origin: str
+
+    @classmethod
+    def of(cls, server: ServerInfo, setup: TemplateSetup | None, key: str | None) -> TemplateKey:
+        migrations = "".join(m.checksum for m in load_migrations())
+        setup_hash = _short_hash(_setup_identity(setup, key))
+        origin = "none" if setup is None else f"{setup.__module__}.{setup.__qualname__}"
+        return cls(_short_hash(migrations), server.version, setup_hash, _short_hash(origin))
+
+    @property
+    def digest(self) -> str:
+        return _short_hash(f"{self.schema} {self.postgres} {self.setup} {self.origin}")
+
+    def changed_from(self, other: TemplateKey) -> str:
+        """What differs from ``other``, in words for the report."""
+        changes = [
+            words
+            for part, words in (
+                ("schema", "the migrations"),
+                ("postgres", "PostgreSQL"),
+                ("setup", "the template setup (its code or pipeweave_template_key)"),
+            )
+            if getattr(self, part) != getattr(other, part)
+        ]
+        return " and ".join(changes) + " changed" if changes else "it was not on the server"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _setup_identity(setup: TemplateSetup | None, key: str | None) -> str:
+    """The given key, else the setup's source (its bytecode where there is no source)."""
+    if key is not None:
+        return f"key {key}"
+    if setup is None:
+        return "none"
+    try:
+        return f"source {inspect.getsource(setup)}"
+    except (OSError, TypeError):
+        code = getattr(setup, "__code__", None)
+        return f"code {code.co_code.hex() if code else repr(setup)}"
 
 
 class DatabaseJanitor:
@@ -178,9 +261,23 @@ class DatabaseJanitor:
     def name(self, suffix: str) -> str:
         return database_name(self.run_key, suffix)
 
-    def template(self, setup: TemplateSetup | None = None) -> Template:
+    def template(
+        self,
+        setup: TemplateSetup | None = None,
+        *,
+        reuse: TemplateKey | None = None,
+        recreate: bool = False,
+    ) -> Template:
         """The run's template (schema, then ``setup``), built now unless a process of the run
-        has built it already."""
+        has built it already.
+
+        With ``reuse``, the template is the server's one for that key, which outlives the run
+        and is built only when no run built it before (or, with ``recreate``, no process of
+        this run); the ones it replaces (same setup function, other key) that no run uses are
+        dropped.
+        """
+        if reuse is not None:
+            return self._reusable_template(setup, reuse, recreate)
         name = self.name(TEMPLATE_SUFFIX)
         conn = self._admin()
         conn.execute("SELECT pg_advisory_lock(%s)", [self._lock_id(_BUILD_LOCK)])
@@ -202,6 +299,72 @@ class DatabaseJanitor:
         finally:
             with contextlib.suppress(psycopg.Error):
                 self._admin().execute("SELECT pg_advisory_unlock(%s)", [self._lock_id(_BUILD_LOCK)])
+
+    def _reusable_template(
+        self, setup: TemplateSetup | None, key: TemplateKey, recreate: bool
+    ) -> Template:
+        name = f"{NAME_PREFIX}template_{key.digest}"
+        conn = self._admin()
+        conn.execute(
+            "SELECT pg_advisory_lock_shared(%s)", [self._key_lock(_TEMPLATE_LOCK, key.digest)]
+        )
+        build_lock = self._key_lock(_BUILD_LOCK, key.digest)
+        conn.execute("SELECT pg_advisory_lock(%s)", [build_lock])
+        try:
+            kept = self._reusable(conn)
+            found = kept.get(key.digest)
+            if found is not None and not (recreate and found[1] != self.run_key):
+                return Template(name, None)
+            rebuilt: str | None = "--pipeweave-recreate"
+            if found is None:
+                earlier = [k for k, _ in kept.values() if k.origin == key.origin]
+                rebuilt = key.changed_from(earlier[-1]) if earlier else None
+            started = time.perf_counter()
+            _drop(conn, name)
+            _create(conn, name, "template1", f"{self._owner} building")
+            try:
+                _initialize(self.server.url(name), setup)
+            except BaseException:
+                _drop(self._admin(), name)
+                raise
+            comment = (
+                f"pytest-pipeweave template={key.digest} run={self.run_key} schema={key.schema} "
+                f"postgres={key.postgres} setup={key.setup} origin={key.origin}"
+            )
+            _comment(self._admin(), name, comment)
+            self._drop_superseded(self._admin(), key)
+            return Template(name, round(time.perf_counter() - started, 3), rebuilt)
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                self._admin().execute("SELECT pg_advisory_unlock(%s)", [build_lock])
+
+    def _reusable(self, conn: Connection) -> dict[str, tuple[TemplateKey, str]]:
+        """The reusable templates on the server, oldest first: digest -> (key, builder run)."""
+        rows = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+            " WHERE starts_with(datname, %s) ORDER BY oid",
+            [f"{NAME_PREFIX}template_"],
+        ).fetchall()
+        found = {}
+        for (comment,) in rows:
+            match = _REUSABLE.match(comment or "")
+            if match:
+                key = TemplateKey(
+                    match["schema"], match["postgres"], match["setup"], match["origin"]
+                )
+                found[match["key"]] = (key, match["run"])
+        return found
+
+    def _drop_superseded(self, conn: Connection, key: TemplateKey) -> None:
+        """Drop the reusable templates that ``key``'s replaces (of its origin) and no run holds."""
+        for digest, (other, _) in self._reusable(conn).items():
+            lock = self._key_lock(_TEMPLATE_LOCK, digest)
+            if digest == key.digest or other.origin != key.origin or not _try_lock(conn, lock):
+                continue
+            try:
+                _drop(conn, f"{NAME_PREFIX}template_{digest}")
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", [lock])
 
     def create(self, suffix: str, setup: TemplateSetup | None = None) -> str:
         """A database of the run with the PipeWeave schema (and ``setup``); its URL."""
@@ -266,7 +429,7 @@ class DatabaseJanitor:
     def _drop_run(self, conn: Connection, run_key: str) -> list[str]:
         """Drop ``run_key``'s databases if no process of that run is left (nor joins meanwhile)."""
         lock = self._lock_id(_RUN_LOCK, run_key)
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", [lock]).fetchone()[0]:  # type: ignore[index]
+        if not _try_lock(conn, lock):
             return []
         try:
             names = [name for _, name in _databases(conn, run_key)]
@@ -322,3 +485,6 @@ class DatabaseJanitor:
 
     def _lock_id(self, namespace: int, run_key: str | None = None) -> int:
         return (namespace << 48) | int(run_key or self.run_key, 16)
+
+    def _key_lock(self, namespace: int, digest: str) -> int:
+        return (namespace << 48) | int(digest, 16)

@@ -60,6 +60,8 @@ def ephemeral_server(
         "server_user": server_user,
         "docker_host": docker_host,
         "keep": False,
+        "reuse": False,
+        "recreate": False,
     }
     shared = SharedServer(Settings.resolve(keywords=arguments))
 

@@ -4,6 +4,7 @@
 
     pipeweave_server              session   the running server (ServerInfo)
     pipeweave_template_setup      session   None, or a function that adds to the template once
+    pipeweave_template_key        session   None, or what the setup depends on (with reuse)
     pipeweave_template            session   the database every test database is copied from
     pipeweave_database_url        session   this process's test database, copied from it
     pipeweave_config              session   a DatabaseConfig for it
@@ -129,20 +130,50 @@ def pipeweave_template_setup() -> TemplateSetup | None:
 
 
 @pytest.fixture(scope="session")
+def pipeweave_template_key() -> str | None:
+    """With reuse, what ``pipeweave_template_setup`` depends on, as text: the template is
+    built again when it changes. None (the default) keys it by the setup function's code.
+
+    Override it when the setup reads files or calls code of its own (a migrations folder,
+    say): return a hash of them, as pgtestdb keys templates by their migrations.
+    """
+    return None
+
+
+@pytest.fixture(scope="session")
 def pipeweave_template(
     request: pytest.FixtureRequest,
+    pipeweave_server: ServerInfo,
     _pipeweave_janitor: DatabaseJanitor,
     pipeweave_template_setup: TemplateSetup | None,
+    pipeweave_template_key: str | None,
 ) -> str:
     """The name of the database on ``pipeweave_server`` that every test database is copied
-    from: the PipeWeave schema and ``pipeweave_template_setup``, built once per run.
+    from: the PipeWeave schema and ``pipeweave_template_setup``, built once per run (with
+    reuse, once for as long as the migrations, PostgreSQL and the setup stay the same).
 
     Override it to return a template database of your own on that server.
     """
+    from pytest_pipeweave.databases import TemplateKey
+
+    session = _session(request)
+    settings = session.settings
+    key = None
+    if settings.reuse:
+        key = TemplateKey.of(pipeweave_server, pipeweave_template_setup, pipeweave_template_key)
     with _one_line_failures():
-        template = _pipeweave_janitor.template(pipeweave_template_setup)
+        template = _pipeweave_janitor.template(
+            pipeweave_template_setup, reuse=key, recreate=settings.recreate
+        )
     if template.build_seconds is not None:
-        _session(request).template_seconds = template.build_seconds
+        session.template_seconds = template.build_seconds
+    if key is not None:
+        if template.build_seconds is None:
+            session.template_note = "template reused"
+        elif template.rebuilt is None:
+            session.template_note = "template built for reuse"
+        else:
+            session.template_note = f"template rebuilt: {template.rebuilt}"
     return template.name
 
 

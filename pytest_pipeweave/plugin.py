@@ -37,6 +37,7 @@ from pytest_pipeweave.fixtures import (  # noqa: F401  (fixtures are found in th
     pipeweave_seed,
     pipeweave_server,
     pipeweave_template,
+    pipeweave_template_key,
     pipeweave_template_setup,
 )
 from pytest_pipeweave.processes import ProcessId
@@ -45,6 +46,7 @@ from pytest_pipeweave.session import CONTROLLER_INPUT, PipeweaveSession, ServerR
 from pytest_pipeweave.settings import SETTINGS, Settings
 
 _REPORTS = pytest.StashKey[list[ServerReport]]()
+STOP_REUSED = "pytest --pipeweave-stop-reused"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,6 +63,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             group.addoption(setting.option_name, default=None, dest=dest, help=help_text)
         parser.addini(setting.ini, setting.help, default=None)
+    group.addoption(
+        "--pipeweave-stop-reused",
+        action="store_true",
+        default=False,
+        help="stop the server kept for reuse, remove its files, and run no tests",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--pipeweave-stop-reused``: the one command that undoes ``--pipeweave-reuse``."""
+    if not config.getoption("pipeweave_stop_reused"):
+        return None
+    from pytest_pipeweave.shared import stop_reused_server
+
+    stopped, message = stop_reused_server(settings_from(config))
+    print(f"pipeweave: {message}")
+    return 0 if stopped else 1
 
 
 def settings_from(config: pytest.Config) -> Settings:
@@ -133,11 +153,16 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
 
 
 def describe_start(report: ServerReport) -> str:
-    how = (
-        "joined" if report.startup_seconds is None else f"started in {report.startup_seconds:.2f} s"
-    )
-    if report.warm_start is not None:
-        how += " (cached cluster)" if report.warm_start else " (initdb)"
+    if report.reused:
+        how = "reused (kept by an earlier run with reuse)"
+    elif report.startup_seconds is None:
+        how = "joined"
+    else:
+        how = f"started in {report.startup_seconds:.2f} s"
+        if report.warm_start is not None:
+            how += " (cached cluster)" if report.warm_start else " (initdb)"
+        if report.replaced:
+            how += f", {report.replaced}"
     return f"{report.backend} server PostgreSQL {report.version} {how}"
 
 
@@ -178,7 +203,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     )
     if template_seconds is not None:
         line += f", template in {template_seconds:.2f} s"
+    template_note = next((r.template_note for r in reports if r.template_note), None)
+    if template_note:
+        line += f"; {template_note}"
     terminalreporter.write_line(line)
+    if first.reuse and not first.keep:
+        terminalreporter.write_line(
+            f"pipeweave: server kept for the next run with reuse; to stop it: {STOP_REUSED}"
+        )
     if first.keep:
         terminalreporter.write_line(f"pipeweave: server kept running: psql '{first.url}'")
         if "***" in first.url:

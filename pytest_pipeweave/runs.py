@@ -49,6 +49,10 @@ def run_key_for(run_id: str) -> str:
     return hashlib.sha256(run_id.encode()).hexdigest()[:12]
 
 
+# The run folder of the server kept for reuse (--pipeweave-reuse): one per user and base folder.
+REUSE_KEY = run_key_for("reuse")
+
+
 def base_path(parent: str | None) -> Path:
     """Our folder for servers and caches, under ``parent`` (PIPEWEAVE_TMPDIR), else under
     tmpfs when there is one (initdb and copies are faster there), else the temporary folder."""
@@ -91,6 +95,10 @@ class RunState:
     info: ServerInfo | None = None
     startup_seconds: float | None = None
     warm_start: bool | None = None
+    # A server kept for reuse: which binaries or image it runs (``describe_backend``), and
+    # the pytest session it was started for.
+    fingerprint: str | None = None
+    started_for: str | None = None
 
     def live_owners(self) -> list[ProcessId]:
         return [owner for owner in self.owners if owner.alive()]
@@ -127,6 +135,8 @@ class RunState:
             info=ServerInfo.from_state(info) if info else None,
             startup_seconds=data.get("startup_seconds"),
             warm_start=data.get("warm_start"),
+            fingerprint=data.get("fingerprint"),
+            started_for=data.get("started_for"),
         )
 
 

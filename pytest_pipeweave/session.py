@@ -34,8 +34,13 @@ class ServerReport:
     version: str
     startup_seconds: float | None
     template_seconds: float | None
+    template_note: str | None
     warm_start: bool | None
     keep: bool
+    # With reuse: the server was kept for reuse; joined from an earlier run; replaced, and why.
+    reuse: bool
+    reused: bool
+    replaced: str | None
     url: str  # never with the password: a kept server's is in the run's state file (0600)
     state_file: str
     stop: str
@@ -66,6 +71,7 @@ class PipeweaveSession:
         self.error: ServerUnavailable | None = None
         # Filled in by the plugin's own fixtures, for the summary.
         self.template_seconds: float | None = None
+        self.template_note: str | None = None  # with reuse: reused, or why it was rebuilt
         self.databases: list[str] = []
 
     @classmethod
@@ -113,7 +119,10 @@ class PipeweaveSession:
     def finish(self) -> None:
         """Leave the run's server; the xdist controller leaves last, once every worker is done."""
         if self.worker == "controller":
-            SharedServer(self.settings, self.run_key).release()
+            # With reuse, the workers may have had to start a server of the run's own.
+            for reuse in {self.settings.reuse, False}:
+                settings = dataclasses.replace(self.settings, reuse=reuse)
+                SharedServer(settings, self.run_key).release()
         elif self.shared is not None and self.shared.info is not None:
             self.shared.release()
 
@@ -127,8 +136,12 @@ class PipeweaveSession:
             version=info.version,
             startup_seconds=state.startup_seconds,
             template_seconds=self.template_seconds,
+            template_note=self.template_note,
             warm_start=state.warm_start,
             keep=self.settings.keep,
+            reuse=state.keep and state.fingerprint is not None,
+            reused=self.shared.reused,
+            replaced=self.shared.replaced,
             url=mask_url(info.url(self.databases[0] if self.databases else "postgres")),
             state_file=str(self.shared.run.path / STATE_FILE),
             stop=self.stop_hint(),

@@ -73,6 +73,21 @@ SETTINGS = (
         flag=True,
     ),
     Setting(
+        "reuse",
+        "PIPEWEAVE_REUSE",
+        "leave the server and template for the next run with reuse, and attach to a server and "
+        "template an earlier one left (rebuilt when what made them changed)",
+        lambda value, source: parse_flag(value, source),
+        flag=True,
+    ),
+    Setting(
+        "recreate",
+        "PIPEWEAVE_RECREATE",
+        "with reuse: build the template again even though nothing that made it changed",
+        lambda value, source: parse_flag(value, source),
+        flag=True,
+    ),
+    Setting(
         "tmpdir",
         "PIPEWEAVE_TMPDIR",
         "parent of the servers' folders (default /dev/shm when writable, else the temp folder)",
@@ -102,6 +117,8 @@ class Settings:
     image: str = DEFAULT_IMAGE
     pg_bin: str | None = None
     keep: bool = False
+    reuse: bool = False
+    recreate: bool = False
     tmpdir: str | None = None
     server_user: str | None = None
     docker_host: str | None = None

@@ -6,6 +6,11 @@ the last owner out stops the server, unless asked to keep it. The first worker a
 the xdist controller (``co_owner``) as an owner, and the controller releases last: a worker
 that finishes before another has even joined must not stop the server. Before starting, the
 leftovers of dead runs are removed (see ``runs``).
+
+With ``reuse`` the run's folder is the one kept for reuse (``REUSE_KEY``): the server outlives
+the run, and the next run with reuse joins it, unless it stopped, lost its data folder or runs
+other binaries than the settings now choose; then it is replaced. A server in use by another
+run is never replaced: this run gets one of its own instead.
 """
 
 from __future__ import annotations
@@ -15,8 +20,16 @@ import time
 from pathlib import Path
 
 from pytest_pipeweave.processes import ProcessId
-from pytest_pipeweave.runs import Run, RunState, base_dir, base_path, new_run_key, remove_dead_runs
-from pytest_pipeweave.servers import ServerInfo, create_server, server_from_state
+from pytest_pipeweave.runs import (
+    REUSE_KEY,
+    Run,
+    RunState,
+    base_dir,
+    base_path,
+    new_run_key,
+    remove_dead_runs,
+)
+from pytest_pipeweave.servers import ServerInfo, create_server, describe_backend, server_from_state
 from pytest_pipeweave.settings import Settings
 
 
@@ -28,10 +41,15 @@ class SharedServer:
     ) -> None:
         self.settings = settings
         self.base = base_path(settings.tmpdir)
-        self.run = Run(self.base, run_key or new_run_key())
+        self.run_key = run_key or new_run_key()
+        self.run = Run(self.base, REUSE_KEY if settings.reuse else self.run_key)
         self.me = ProcessId.current()
         self.co_owner = co_owner
         self.state = RunState()
+        # With reuse: whether this run joined a server an earlier run left, and, when it
+        # started one instead of the one kept, why (None: nothing was kept).
+        self.reused = False
+        self.replaced: str | None = None
 
     @property
     def info(self) -> ServerInfo | None:
@@ -43,15 +61,35 @@ class SharedServer:
         base_dir(self.settings.tmpdir)
         with self.run.lock:
             state = self.run.read_state() or RunState()
-            if state.info and state.server and server_from_state(state.server).is_alive():
+            fingerprint = describe_backend(self.settings) if self.settings.reuse else None
+            alive = state.server is not None and server_from_state(state.server).is_alive()
+            if state.info and alive and state.fingerprint == fingerprint:
                 state.add_owner(self.me)
                 self.run.write_state(state)
                 self.state = state
+                self.reused = self.settings.reuse and state.started_for != self.run_key
                 return state.info
+            if state.server and self.settings.reuse:
+                if alive and state.live_owners():
+                    return self._start_own()  # another run uses it: leave it be
+                self.replaced = "replacing the reused one: " + (
+                    f"it ran {state.fingerprint}"
+                    if alive
+                    else "it was not running (or its data folder was gone)"
+                )
+                server_from_state(state.server).stop()
+                state = RunState(owners=state.live_owners())
             remove_dead_runs(self.base, exclude=self.run.key)
-            return self._start(state)
+            return self._start(state, fingerprint)
 
-    def _start(self, state: RunState) -> ServerInfo:
+    def _start_own(self) -> ServerInfo:
+        """For a run with reuse that cannot have the reused server: one of its own, not kept."""
+        self.run = Run(self.base, self.run_key)
+        self.replaced = "not the reused one: it runs other binaries and another run uses it"
+        with self.run.lock:
+            return self._start(self.run.read_state() or RunState(), None)
+
+    def _start(self, state: RunState, fingerprint: str | None) -> ServerInfo:
         """Start the server; ``state`` is the run's (its owners so far), updated and written."""
         server = create_server(
             self.settings,
@@ -59,7 +97,9 @@ class SharedServer:
             cache_dir=self.base / "cache",
             run_is_dead=self.run_is_dead,
         )
-        state.keep = self.settings.keep
+        state.keep = self.settings.keep or fingerprint is not None
+        state.fingerprint = fingerprint
+        state.started_for = self.run_key
         state.server = server.to_state()
         for owner in (self.co_owner, self.me):
             if owner is not None:
@@ -77,7 +117,10 @@ class SharedServer:
                 self.run.remove()
             raise
         state.server = server.to_state()
-        state.info = dataclasses.replace(info, folder=str(self.run.path))
+        # A server kept for reuse outlives runs: each run drops its own databases on it.
+        state.info = dataclasses.replace(
+            info, folder=str(self.run.path), ephemeral=info.ephemeral and fingerprint is None
+        )
         state.startup_seconds = round(time.perf_counter() - started, 3)
         state.warm_start = getattr(server, "warm_start", None)
         self.run.write_state(state)
@@ -118,3 +161,24 @@ class SharedServer:
             return True
         state = Run(self.base, path.name[len("run-") :]).read_state()
         return state is None or state.ended
+
+
+def stop_reused_server(settings: Settings) -> tuple[bool, str]:
+    """Stop the server kept for reuse and remove its folder, unless a run uses it.
+
+    Returns whether nothing is left, and what was done, in one line.
+    """
+    run = Run(base_path(settings.tmpdir), REUSE_KEY)
+    if not run.path.exists():
+        return True, f"no server is kept for reuse in {run.base}"
+    with run.lock:
+        state = run.read_state()
+        owners = state.live_owners() if state else []
+        if owners:
+            pids = ", ".join(str(owner.pid) for owner in owners)
+            return False, f"the server kept for reuse is in use (pid {pids}): left running"
+        if state and state.server:
+            server_from_state(state.server).stop()
+        run.remove()
+    Path(run.lock.lock_file).unlink(missing_ok=True)
+    return True, f"stopped the server kept for reuse and removed {run.path}"

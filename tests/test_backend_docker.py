@@ -299,3 +299,22 @@ def test_ephemeral_server_on_docker_leaves_no_container(
     assert (code == 0) is (ending == "block-ends"), err
     assert _containers_of(engine, inner) == set()
     assert not Path(script.report["folder"]).exists()
+
+
+def test_reuse_keeps_the_container_for_the_next_run_until_stopped(
+    pytester: pytest.Pytester, inner: Path, engine: Any
+) -> None:
+    pytester.makepyfile(
+        "def test_one(pipeweave_database):\n"
+        "    assert pipeweave_database.one('SELECT 1 AS x')['x'] == 1\n"
+    )
+    run(pytester, "--pipeweave-reuse").assert_outcomes(passed=1)
+    (container,) = _containers_of(engine, inner)
+    again = run(pytester, "--pipeweave-reuse")
+    again.assert_outcomes(passed=1)
+    again.stdout.fnmatch_lines(["*docker server * reused (kept by an earlier run with reuse)*"])
+    assert _containers_of(engine, inner) == {container}
+    stop = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pipeweave-stop-reused")
+    assert stop.ret == 0
+    assert not _exists(engine, container)
+    assert not any(inner.glob("*/run-*/"))

@@ -231,8 +231,9 @@ class LocalServer:
             )
 
     def is_alive(self) -> bool:
+        """Running, and with its data: a server whose folder was removed is on its way out."""
         pid = self.pid or _postmaster_pid(self.data_dir)
-        return pid is not None and self._is_ours(pid)
+        return pid is not None and self._is_ours(pid) and (self.data_dir / "PG_VERSION").is_file()
 
     def to_state(self) -> dict[str, Any]:
         return {"backend": self.backend, "workdir": str(self.workdir), "pid": self.pid}

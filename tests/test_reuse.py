@@ -1,0 +1,344 @@
+"""--pipeweave-reuse: runs that leave their server and template to the next, through real runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from helpers import kill_server
+
+from pytest_pipeweave import LocalServer
+from pytest_pipeweave.processes import process_alive, wait_until
+from pytest_pipeweave.runs import REUSE_KEY, base_path
+from pytest_pipeweave.servers.binaries import find_pg_bin
+
+pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
+
+TEST_FILE = """
+def test_one(pipeweave_database):
+    assert pipeweave_database.one("SELECT count(*) AS n FROM services")["n"] == 0
+
+def test_two(pipeweave_factory):
+    pipeweave_factory.task_run()
+"""
+
+
+@pytest.fixture
+def reuse_folder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """PIPEWEAVE_TMPDIR of the test's own, so its reused server is nobody else's; whatever is
+    kept there is stopped with the one documented command afterwards."""
+    parent = Path(
+        tempfile.mkdtemp(prefix="pwr-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+    )
+    parent.chmod(0o755)
+    monkeypatch.setenv("PIPEWEAVE_TMPDIR", str(parent))
+    yield base_path(str(parent)) / f"run-{REUSE_KEY}"
+    stop = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--pipeweave-stop-reused"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    subprocess.run(["rm", "-rf", str(parent)], check=False)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--pipeweave-reuse", *args, timeout=120
+    )
+
+
+def state_of(folder: Path) -> dict:
+    return json.loads((folder / "run.json").read_text())
+
+
+def postmaster_pid(folder: Path) -> int:
+    return int((folder / "local" / "data" / "postmaster.pid").read_text().split()[0])
+
+
+def databases(folder: Path) -> list[str]:
+    info = state_of(folder)["info"]
+    url = f"postgresql://{info['user']}:{info['password'] or ''}@127.0.0.1:{info['port']}/postgres"
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'pytest_pipeweave%' ORDER BY 1"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_the_next_run_attaches_to_the_server_and_template(
+    pytester: pytest.Pytester, reuse_folder: Path
+) -> None:
+    pytester.makepyfile(TEST_FILE)
+    first = run(pytester)
+    first.assert_outcomes(passed=2)
+    first.stdout.fnmatch_lines(
+        [
+            "pipeweave: local server * started in *; template built for reuse",
+            "pipeweave: server kept for the next run with reuse; "
+            "to stop it: pytest --pipeweave-stop-reused",
+        ]
+    )
+    pid = postmaster_pid(reuse_folder)
+    # Each run drops its own test databases: only the template stays.
+    (template,) = databases(reuse_folder)
+    assert template.startswith("pytest_pipeweave_template_")
+
+    for workers in ((), ("-n", "2")):
+        again = run(pytester, *workers)
+        again.assert_outcomes(passed=2)
+        again.stdout.fnmatch_lines(
+            [
+                "pipeweave: local server * reused (kept by an earlier run with reuse); template reused"
+            ]
+        )
+        assert "started in" not in again.stdout.str()
+        assert postmaster_pid(reuse_folder) == pid
+        assert databases(reuse_folder) == [template]
+
+    without = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    without.assert_outcomes(passed=2)
+    assert "reused" not in without.stdout.str()
+    assert postmaster_pid(reuse_folder) == pid  # a run without reuse leaves it alone
+
+
+SETUP = """
+import pytest
+
+@pytest.fixture(scope="session")
+def pipeweave_template_setup():
+    def setup(db):
+        db.none("CREATE TABLE reference_{version} (id int)")
+    return setup
+{key}
+"""
+KEY = """
+@pytest.fixture(scope="session")
+def pipeweave_template_key():
+    return "{key}"
+"""
+SEES = """
+def test_sees_the_setup(pipeweave_database):
+    tables = pipeweave_database.many(
+        "SELECT tablename FROM pg_tables WHERE tablename LIKE 'reference_%%'"
+    )
+    assert [t["tablename"] for t in tables] == ["reference_{version}"]
+"""
+
+
+def test_the_template_is_rebuilt_when_what_made_it_changes(
+    pytester: pytest.Pytester, reuse_folder: Path
+) -> None:
+    def project(version: int, key: str | None = None) -> None:
+        pytester.makeconftest(SETUP.format(version=version, key=KEY.format(key=key) if key else ""))
+        pytester.makepyfile(test_sees=SEES.format(version=version))
+
+    def summary(result: pytest.RunResult) -> str:
+        result.assert_outcomes(passed=1)
+        (line,) = [ln for ln in result.stdout.lines if ln.startswith("pipeweave: local server")]
+        return line.split("; ", 1)[1]
+
+    project(1)
+    assert summary(run(pytester)) == "template built for reuse"
+    assert summary(run(pytester)) == "template reused"
+    project(2)  # the setup's code changed
+    assert summary(run(pytester)).startswith("template rebuilt: the template setup")
+    assert summary(run(pytester, "--pipeweave-recreate")) == (
+        "template rebuilt: --pipeweave-recreate"
+    )
+    assert summary(run(pytester)) == "template reused"
+    project(3, key="v1")  # a key of the user's: the code no longer counts, the key does
+    assert summary(run(pytester)).startswith("template rebuilt: the template setup")
+    pytester.makeconftest(SETUP.format(version=3, key=KEY.format(key="v1")) + "\n# edited\n")
+    assert summary(run(pytester)) == "template reused"
+    project(4, key="v2")
+    assert summary(run(pytester)).startswith("template rebuilt")
+    # Templates no run uses any more are dropped.
+    assert len(databases(reuse_folder)) == 1
+
+
+def kill_postmaster(pid: int) -> None:
+    server = LocalServer(Path(), Path())
+    server.pid = pid
+    kill_server(server)
+
+
+@pytest.mark.parametrize("fault", ["killed", "data folder removed"])
+def test_a_reused_server_that_is_gone_is_replaced(
+    pytester: pytest.Pytester, reuse_folder: Path, fault: str
+) -> None:
+    pytester.makepyfile(TEST_FILE)
+    run(pytester).assert_outcomes(passed=2)
+    pid = postmaster_pid(reuse_folder)
+    if fault == "killed":
+        kill_postmaster(pid)
+    else:
+        subprocess.run(["rm", "-rf", str(reuse_folder / "local" / "data")], check=True)
+    result = run(pytester)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["pipeweave: local server * started in *, replacing the reused one: it was not running*"]
+    )
+    assert postmaster_pid(reuse_folder) != pid
+    run(pytester).stdout.fnmatch_lines(["*reused (kept by an earlier run with reuse)*"])
+    if process_alive(pid):  # the one whose folder went: stopped when it was replaced
+        kill_postmaster(pid)
+        pytest.fail(f"the replaced server {pid} was left running")
+
+
+MEET = """
+import os, time
+from pathlib import Path
+
+def test_meet(pipeweave_database):
+    pipeweave_database.none("CREATE TABLE mine (id int)")
+    here = Path(os.environ["MEET_DIR"])
+    (here / os.environ["MEET_NAME"]).touch()
+    deadline = time.monotonic() + 60
+    while len(list(here.iterdir())) < 2:
+        assert time.monotonic() < deadline, "the other run never came"
+        time.sleep(0.05)
+"""
+
+
+def test_two_runs_at_once_on_one_reused_server(
+    pytester: pytest.Pytester, reuse_folder: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(TEST_FILE)
+    run(pytester).assert_outcomes(passed=2)
+    pid = postmaster_pid(reuse_folder)
+    pytester.makepyfile(test_meet=MEET)
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--pipeweave-reuse"]
+    runs = [
+        subprocess.Popen(
+            [*command, "test_meet.py"],
+            cwd=pytester.path,
+            env={**os.environ, "MEET_DIR": str(meet), "MEET_NAME": name},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    outputs = [process.communicate(timeout=120)[0] for process in runs]
+    for process, output in zip(runs, outputs, strict=True):
+        assert process.returncode == 0, output
+        assert "reused (kept by an earlier run with reuse)" in output
+    assert postmaster_pid(reuse_folder) == pid
+    assert len(databases(reuse_folder)) == 1
+
+
+def test_the_stop_command_leaves_no_process_or_folder(
+    pytester: pytest.Pytester, reuse_folder: Path
+) -> None:
+    pytester.makepyfile(TEST_FILE)
+    run(pytester).assert_outcomes(passed=2)
+    pid = postmaster_pid(reuse_folder)
+    stop = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pipeweave-stop-reused")
+    assert stop.ret == 0
+    stop.stdout.fnmatch_lines(["pipeweave: stopped the server kept for reuse and removed *"])
+    assert not process_alive(pid)
+    assert not reuse_folder.exists()
+    again = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pipeweave-stop-reused")
+    assert again.ret == 0
+    again.stdout.fnmatch_lines(["pipeweave: no server is kept for reuse in *"])
+
+
+def test_the_stop_command_leaves_a_server_in_use(
+    pytester: pytest.Pytester, reuse_folder: Path
+) -> None:
+    pytester.makepyfile(
+        test_stop=textwrap.dedent(
+            """
+            import subprocess, sys
+
+            def test_stop_while_running(pipeweave_database):
+                stop = subprocess.run(
+                    [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                     "--pipeweave-stop-reused"], capture_output=True, text=True)
+                assert stop.returncode == 1, stop.stdout
+                assert "is in use (pid" in stop.stdout
+            """
+        )
+    )
+    run(pytester).assert_outcomes(passed=1)
+    assert process_alive(postmaster_pid(reuse_folder))
+
+
+HOLD = """
+import os, time
+from pathlib import Path
+
+def test_hold(pipeweave_database):
+    here = Path(os.environ["HOLD_DIR"])
+    (here / "ready").touch()
+    deadline = time.monotonic() + 60
+    while not (here / "release").exists():
+        assert time.monotonic() < deadline, "never released"
+        time.sleep(0.05)
+"""
+
+
+def test_a_reused_server_with_other_binaries_is_replaced_unless_in_use(
+    pytester: pytest.Pytester, reuse_folder: Path, tmp_path: Path
+) -> None:
+    bin_dir = find_pg_bin()
+    assert bin_dir is not None
+    other = tmp_path / "other-bin"  # the same build under another folder: other binaries
+    other.mkdir()
+    for binary in bin_dir.iterdir():
+        (other / binary.name).symlink_to(binary)
+    pytester.makepyfile(TEST_FILE)
+    pytester.makepyfile(test_hold=HOLD)
+    run(pytester, "-k", "test_one or test_two").assert_outcomes(passed=2)
+    first = postmaster_pid(reuse_folder)
+
+    # In use by a run: left alone, and the run with other binaries gets a server of its own.
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--pipeweave-reuse",
+            "test_hold.py",
+        ],
+        cwd=pytester.path,
+        env={**os.environ, "HOLD_DIR": str(hold)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: (hold / "ready").exists(), 60)
+        own = run(pytester, f"--pipeweave-pg-bin={other}", "-k", "test_one or test_two")
+        own.assert_outcomes(passed=2)
+        own.stdout.fnmatch_lines(
+            ["*started in *, not the reused one: it runs other binaries and another run uses it*"]
+        )
+    finally:
+        (hold / "release").touch()
+        output = holder.communicate(timeout=60)[0]
+    assert holder.returncode == 0, output
+    assert postmaster_pid(reuse_folder) == first
+
+    # Not in use: replaced.
+    replaced = run(pytester, f"--pipeweave-pg-bin={other}", "-k", "test_one or test_two")
+    replaced.assert_outcomes(passed=2)
+    replaced.stdout.fnmatch_lines(["*started in *, replacing the reused one: it ran *"])
+    assert postmaster_pid(reuse_folder) != first
+    assert not process_alive(first)
