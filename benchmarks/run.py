@@ -50,7 +50,17 @@ REQUIREMENTS = [
     "matplotlib>=3.7",
 ]
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-MEASUREMENTS = ("isolation", "reset", "start", "xdist", "cleanup", "seed", "async", "scoped")
+MEASUREMENTS = (
+    "isolation",
+    "reset",
+    "start",
+    "xdist",
+    "cleanup",
+    "seed",
+    "async",
+    "scoped",
+    "reuse",
+)
 IMAGE = os.environ.get("PIPEWEAVE_IMAGE", "postgres:15")
 # pytest-postgresql's process fixture tuned as the local backend is (data on tmpfs, no fsync).
 TUNED_PG_OPTIONS = "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
@@ -181,7 +191,7 @@ class Runner:
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise SystemExit(f"inner run failed (exit {done.returncode}); see {log}")
-        timing = json.loads(out.read_text())
+        timing = json.loads(out.read_text()) if out.exists() else {}  # no test ran
         extras = json.loads(extra.read_text()) if extra.exists() else {}
         return {"wall": wall, "timing": timing, "extra": extras}
 
@@ -552,6 +562,61 @@ def start(run: Runner, figs: Figures, repeat: int, docker: bool) -> None:
             figs.ratio("start.tc_docker_ratio", tc_s / ours_s, "testcontainers / ours docker")
 
 
+def reuse(run: Runner, figs: Figures, repeat: int) -> None:
+    """(9) Session start to the first test with --pipeweave-reuse (the server and template
+    an earlier run left), against today's warm start and pytest-postgresql's postgresql_proc;
+    and with a template setup of 2 s, built each run against reused."""
+    folder = run.fresh_dir("pipeweave-bench-reuse")
+    env = {"PIPEWEAVE_TMPDIR": str(folder)}
+    try:
+        say("reuse: the first run with reuse, and a warm cache (not measured)")
+        run.pytest("test_start_ours.py")
+        run.pytest("test_start_ours.py", "--pipeweave-reuse", env=env)
+        for rep in range(repeat):
+            say(f"reuse, repetition {rep + 1}/{repeat}")
+            reused = run.pytest("test_start_ours.py", "--pipeweave-reuse", env=env)
+            warm = run.pytest("test_start_ours.py")
+            pgpg = run_tool(run, "test_start_pgpg.py", {"peer": "pytest-postgresql"})
+            floor = run.pytest("test_start_floor.py", peer="none")
+            firsts = {
+                name: result["timing"]["start_to_first_test"]
+                for name, result in (
+                    ("reused", reused),
+                    ("warm", warm),
+                    ("pgpg", pgpg),
+                    ("floor", floor),
+                )
+            }
+            figs.add("reuse.reused_s", firsts["reused"], "PipeWeave with reuse", "s")
+            figs.add("reuse.floor_s", firsts["floor"], "floor: pytest alone, one test", "s")
+            figs.ratio(
+                "reuse.warm_above_floor_ratio",
+                (firsts["warm"] - firsts["floor"]) / (firsts["reused"] - firsts["floor"]),
+                "warm / reused, each above the floor",
+            )
+            figs.add("reuse.warm_s", firsts["warm"], "PipeWeave warm start (same run)", "s")
+            figs.add("reuse.pgpg_s", firsts["pgpg"], "pytest-postgresql postgresql_proc", "s")
+            figs.ratio("reuse.warm_ratio", firsts["warm"] / firsts["reused"], "warm / reused")
+            figs.ratio("reuse.pgpg_ratio", firsts["pgpg"] / firsts["reused"], "pgpg / reused")
+            slow = run.pytest("test_start_slow_template.py")
+            slow_reused = run.pytest("test_start_slow_template.py", "--pipeweave-reuse", env=env)
+            figs.add(
+                "reuse.slow_template_s",
+                slow["timing"]["start_to_first_test"],
+                "a 2 s template setup, built (no reuse)",
+                "s",
+            )
+            figs.add(
+                "reuse.slow_template_reused_s",
+                slow_reused["timing"]["start_to_first_test"],
+                "a 2 s template setup, with reuse (built by the first run)",
+                "s",
+            )
+    finally:
+        run.pytest("test_start_ours.py", "--pipeweave-stop-reused", env=env)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def xdist(run: Runner, figs: Figures, repeat: int) -> None:
     """(4) Wall time of a 400-test database-bound suite, -n 0 vs -n 2.
 
@@ -885,6 +950,40 @@ TARGETS: list[dict[str, Any]] = [
         "target": "",
     },
     {
+        "what": "Session start to first test, with reuse",
+        "ours": "reuse.reused_s",
+        "peer": "reuse.warm_s",
+        "peer_name": "our warm start, same run",
+        "ratio": "reuse.warm_ratio",
+        "target": ">= 5x faster than the warm start",
+        "met": _at_least("reuse.warm_ratio", 5),
+    },
+    {
+        "what": "Session start to first test, with reuse, above pytest's own",
+        "ours": "reuse.reused_s",
+        "peer": "reuse.floor_s",
+        "peer_name": "floor: pytest alone, one test",
+        "ratio": "reuse.warm_above_floor_ratio",
+        "target": "",
+    },
+    {
+        "what": "Session start to first test, with reuse, vs a peer",
+        "ours": "reuse.reused_s",
+        "peer": "reuse.pgpg_s",
+        "peer_name": "pytest-postgresql postgresql_proc",
+        "ratio": "reuse.pgpg_ratio",
+        "target": ">= 20x faster than the peer",
+        "met": _at_least("reuse.pgpg_ratio", 20),
+    },
+    {
+        "what": "Start to first test, 2 s template setup, with reuse",
+        "ours": "reuse.slow_template_reused_s",
+        "peer": "reuse.slow_template_s",
+        "peer_name": "the same setup, built each run",
+        "ratio": None,
+        "target": "",
+    },
+    {
         "what": "A test inside a module with shared data (setup+teardown)",
         "ours": "scoped.module.overhead_ms",
         "peer": "scoped.plain.overhead_ms",
@@ -1195,6 +1294,8 @@ def main(argv: list[str]) -> int:
         scoped(run, figs, repeat)
     if "start" in chosen:
         start(run, figs, repeat, docker is not None)
+    if "reuse" in chosen:
+        reuse(run, figs, repeat)
     if "xdist" in chosen:
         xdist(run, figs, heavy)
     if "cleanup" in chosen:
