@@ -288,13 +288,7 @@ class DatabaseJanitor:
             started = time.perf_counter()
             if comment is not None:  # a process of the run died while building it
                 _drop(conn, name)
-            _create(conn, name, "template1", f"{self._owner} building")
-            try:
-                _initialize(self.server.url(name), setup)
-            except BaseException:
-                _drop(self._admin(), name)
-                raise
-            _comment(self._admin(), name, self._comment())
+            self._build(name, setup, self._comment())
             return Template(name, round(time.perf_counter() - started, 3))
         finally:
             with contextlib.suppress(psycopg.Error):
@@ -321,22 +315,27 @@ class DatabaseJanitor:
                 rebuilt = key.changed_from(earlier[-1]) if earlier else None
             started = time.perf_counter()
             _drop(conn, name)
-            _create(conn, name, "template1", f"{self._owner} building")
-            try:
-                _initialize(self.server.url(name), setup)
-            except BaseException:
-                _drop(self._admin(), name)
-                raise
             comment = (
                 f"pytest-pipeweave template={key.digest} run={self.run_key} schema={key.schema} "
                 f"postgres={key.postgres} setup={key.setup} origin={key.origin}"
             )
-            _comment(self._admin(), name, comment)
+            self._build(name, setup, comment)
             self._drop_superseded(self._admin(), key)
             return Template(name, round(time.perf_counter() - started, 3), rebuilt)
         finally:
             with contextlib.suppress(psycopg.Error):
                 self._admin().execute("SELECT pg_advisory_unlock(%s)", [build_lock])
+
+    def _build(self, name: str, setup: TemplateSetup | None, comment: str) -> None:
+        """Template ``name`` made under a "building" comment, so that a builder that dies
+        half way leaves something the next one recognises and drops."""
+        _create(self._admin(), name, "template1", f"{self._owner} building")
+        try:
+            _initialize(self.server.url(name), setup)
+        except BaseException:
+            _drop(self._admin(), name)
+            raise
+        _comment(self._admin(), name, comment)
 
     def _reusable(self, conn: Connection) -> dict[str, tuple[TemplateKey, str]]:
         """The reusable templates on the server, oldest first: digest -> (key, builder run)."""
