@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         cleanup_old_dlq,
         cleanup_old_dlq_async,
     )
+    from pipeweave_db.observers import ExecutedStatement, StatementObserver
     from pipeweave_db.schema import (
         PIPEWEAVE_TABLES,
         AppliedMigration,
@@ -74,6 +75,7 @@ __all__ = [
     "ConfigError",
     "Database",
     "DatabaseConfig",
+    "ExecutedStatement",
     "InitResult",
     "Migration",
     "MigrationError",
@@ -82,6 +84,7 @@ __all__ = [
     "Row",
     "SchemaError",
     "SchemaStatus",
+    "StatementObserver",
     "cleanup",
     "cleanup_async",
     "cleanup_expired_cache",
@@ -138,6 +141,7 @@ __getattr__, __dir__ = lazy_exports(
             "QueryResultError",
             "SchemaError",
         ),
+        "observers": ("ExecutedStatement", "StatementObserver"),
         "maintenance": (
             "CleanupResult",
             "cleanup",

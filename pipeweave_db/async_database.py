@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool, AsyncNullConnectionPool, PoolTimeo
 
 from pipeweave_db.config import DatabaseConfig, config_from_env, config_from_options
 from pipeweave_db.database import closed_error, describe, exhausted
+from pipeweave_db.observers import StatementObserver, observed
 from pipeweave_db.rows import Kind, Params, Query, Row, expect
 
 __all__ = [
@@ -94,6 +95,8 @@ class AsyncDatabase:
     ) -> None:
         """Where queries go: a pool (owned or not), or one connection, taken in turns."""
         self.config = config
+        # Told of every statement ``query()`` and the helpers run (see ``observers``).
+        self.observer: StatementObserver | None = None
         self._pool = pool
         self._conn = conn
         self._owns_pool = owns_pool
@@ -160,7 +163,11 @@ class AsyncDatabase:
 
     async def query(self, query: Query, params: Params = None, kind: Kind = "many_or_none") -> Any:
         """pg-promise's ``query``: ``query`` run with the rule of the helper named ``kind``."""
-        rows, rowcount = await self._run(query, params)
+        if self.observer is None:
+            rows, rowcount = await self._run(query, params)
+        else:
+            with observed(self.observer, query, params):
+                rows, rowcount = await self._run(query, params)
         return expect(kind, rows, rowcount, query)
 
     # -- transactions and lifetime --------------------------------------------------------
@@ -177,6 +184,7 @@ class AsyncDatabase:
             # Statements in the block take turns, as on any one connection; nested tx() are
             # savepoints among them, as psycopg makes them.
             inner._attach(config=self.config, conn=conn, guard=_Turns(self._inner_turns()))
+            inner.observer = self.observer
             try:
                 yield inner
             finally:

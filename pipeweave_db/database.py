@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool, NullConnectionPool, PoolTimeout
 from pipeweave_db import schema
 from pipeweave_db.config import DatabaseConfig, config_from_env, config_from_options
 from pipeweave_db.errors import PipeweaveError
+from pipeweave_db.observers import StatementObserver, observed
 from pipeweave_db.rows import Kind, Params, Query, Row, expect
 
 __all__ = [
@@ -87,6 +88,8 @@ class Database:
     ) -> None:
         """Where queries go: a pool (owned or not), or one connection."""
         self.config = config
+        # Told of every statement ``query()`` and the helpers run (see ``observers``).
+        self.observer: StatementObserver | None = None
         self._pool = pool
         self._conn = conn
         self._owns_pool = owns_pool
@@ -130,7 +133,11 @@ class Database:
 
     def query(self, query: Query, params: Params = None, kind: Kind = "many_or_none") -> Any:
         """pg-promise's ``query``: ``query`` run with the rule of the helper named ``kind``."""
-        rows, rowcount = self._run(query, params)
+        if self.observer is None:
+            rows, rowcount = self._run(query, params)
+        else:
+            with observed(self.observer, query, params):
+                rows, rowcount = self._run(query, params)
         return expect(kind, rows, rowcount, query)
 
     # -- transactions and lifetime --------------------------------------------------------
@@ -144,6 +151,7 @@ class Database:
         with self._connection() as conn, conn.transaction():
             inner = Database.bound(conn, statement_savepoints=False)
             inner.config = self.config
+            inner.observer = self.observer
             try:
                 yield inner
             finally:

@@ -51,9 +51,12 @@ def expect(kind: Kind, rows: list[Row], rowcount: int, query: Query) -> Any:
 
 
 def query_text(query: Query) -> str:
-    """``query`` as text, for error messages."""
+    """``query`` as text, for error messages and statement observers."""
     if isinstance(query, bytes):
         return query.decode(errors="replace")
     if isinstance(query, str):
         return query
-    return repr(query)
+    try:
+        return query.as_string()  # psycopg 3.2+: quoting without a connection
+    except Exception:
+        return repr(query)

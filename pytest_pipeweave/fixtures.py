@@ -13,6 +13,8 @@
     pipeweave_env                 function  DATABASE_URL for create_database_from_env and the CLI
     pipeweave_factory             function  rows for every table
     pipeweave_seed                function  the standard dataset
+    pipeweave_queries             function  the statements the test ran through them
+    pipeweave_assert_num_queries  function  with pipeweave_assert_num_queries(3): ... (and _max_)
     pipeweave_module_database     module    data for a module's tests, rolled back at its end
     pipeweave_class_database      class     the same for a class, inside the module's
 
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from pytest_pipeweave.databases import DatabaseJanitor, TemplateSetup
     from pytest_pipeweave.factories import AsyncPipeweaveFactory, PipeweaveFactory
     from pytest_pipeweave.isolation import WorkerDatabase
+    from pytest_pipeweave.queries import CapturedQueries
     from pytest_pipeweave.seed import SeedData
 
 COMMITTED_FIXTURES = (
@@ -309,6 +312,49 @@ def pipeweave_seed(pipeweave_database: Database, pipeweave_factory: PipeweaveFac
     from pytest_pipeweave.seed import seed_database
 
     return seed_database(pipeweave_database, pipeweave_factory)
+
+
+# -- statements and their number ----------------------------------------------------------------
+
+
+@pytest.fixture
+def pipeweave_queries(_pipeweave_worker_database: WorkerDatabase) -> Iterator[CapturedQueries]:
+    """Every statement the test runs through the plugin's Databases (rollback, committed,
+    factory, seed, sync and async), in order, each with its SQL, parameter count and duration."""
+    with _pipeweave_worker_database.capture() as captured:
+        yield captured
+
+
+CountAssertion = Callable[[int], contextlib.AbstractContextManager["CapturedQueries"]]
+
+
+def _count_assertion(worker: WorkerDatabase, *, exact: bool) -> CountAssertion:
+    @contextlib.contextmanager
+    def assert_count(count: int) -> Iterator[CapturedQueries]:
+        from pytest_pipeweave.queries import count_mismatch
+
+        with worker.capture() as captured:
+            yield captured
+        mismatch = count_mismatch(captured, count, exact=exact)
+        if mismatch is not None:
+            pytest.fail(mismatch)
+
+    return assert_count
+
+
+@pytest.fixture
+def pipeweave_assert_num_queries(_pipeweave_worker_database: WorkerDatabase) -> CountAssertion:
+    """``with pipeweave_assert_num_queries(3): ...`` fails unless the block ran 3 statements,
+    listing those it ran, numbered (pytest-django's ``django_assert_num_queries``)."""
+    return _count_assertion(_pipeweave_worker_database, exact=True)
+
+
+@pytest.fixture
+def pipeweave_assert_max_num_queries(
+    _pipeweave_worker_database: WorkerDatabase,
+) -> CountAssertion:
+    """``with pipeweave_assert_max_num_queries(3): ...``: at most 3 statements."""
+    return _count_assertion(_pipeweave_worker_database, exact=False)
 
 
 # -- data for a module or a class ---------------------------------------------------------------

@@ -27,11 +27,13 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from pipeweave_db import AsyncDatabase, Database, mask_url
+from pipeweave_db import AsyncDatabase, Database, ExecutedStatement, mask_url
 from pytest_pipeweave.errors import RestoreFailed, ServerGone, SharedDataOpen, first_line
+from pytest_pipeweave.queries import CapturedQueries
 from pytest_pipeweave.restore import DatabaseSnapshot
 
 T = TypeVar("T")
+DB = TypeVar("DB", Database, AsyncDatabase)
 
 
 class WorkerDatabase:
@@ -60,6 +62,27 @@ class WorkerDatabase:
         # shared connection and on the async one.
         self.held: list[str] = []
         self.async_held: list[str] = []
+        # Open captures (``pipeweave_queries``, the query assertions), each told every
+        # statement of every Database handed out here.
+        self._captures: list[CapturedQueries] = []
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[CapturedQueries]:
+        """The statements run through this database's Databases while the block is open."""
+        captured = CapturedQueries()
+        self._captures.append(captured)
+        try:
+            yield captured
+        finally:
+            self._captures.remove(captured)
+
+    def _record(self, statement: ExecutedStatement) -> None:
+        for captured in self._captures:
+            captured.statements.append(statement)
+
+    def _observed(self, db: DB) -> DB:
+        db.observer = self._record
+        return db
 
     def connection(self) -> psycopg.Connection[Any]:
         """The shared autocommit connection, reopened if a test closed or broke it."""
@@ -94,7 +117,7 @@ class WorkerDatabase:
             stack.callback(self.held.pop)
         try:
             with stack:
-                yield Database.bound(conn)
+                yield self._observed(Database.bound(conn))
         except psycopg.OperationalError:
             if not conn.broken:
                 raise
@@ -114,7 +137,7 @@ class WorkerDatabase:
                     timeout=10,
                     open=True,
                 )
-        return Database.from_pool(self._pool)
+        return self._observed(Database.from_pool(self._pool))
 
     def _capture(self) -> None:
         """The state committed tests are put back to, captured before the first of them."""
@@ -178,7 +201,7 @@ class WorkerDatabase:
         if holder is not None:
             self.async_held.append(holder)
         try:
-            yield AsyncDatabase.bound(conn)
+            yield self._observed(AsyncDatabase.bound(conn))
         finally:
             if holder is not None:
                 self.async_held.pop()
@@ -196,7 +219,7 @@ class WorkerDatabase:
             self.call(conn.execute("SELECT 1"))
         except psycopg.OperationalError:
             conn = self.async_connection()
-        return AsyncDatabase.bound(conn, statement_savepoints=False)
+        return self._observed(AsyncDatabase.bound(conn, statement_savepoints=False))
 
     def reset(self) -> None:
         """Back to the captured state after a committed test: restore, else copy again."""
