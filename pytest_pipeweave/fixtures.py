@@ -11,6 +11,7 @@
     pipeweave_database            function  rolled back after the test (committed if asked)
     pipeweave_database_committed  function  real commits; the database is restored after
     pipeweave_env                 function  DATABASE_URL for create_database_from_env and the CLI
+    pipeweave_connection          function  the psycopg connection of the test's transaction
     pipeweave_factory             function  rows for every table
     pipeweave_seed                function  the standard dataset
     pipeweave_queries             function  the statements the test ran through them
@@ -52,6 +53,8 @@ from pytest_pipeweave.servers import ServerInfo
 from pytest_pipeweave.session import PipeweaveSession
 
 if TYPE_CHECKING:
+    import psycopg
+
     from pipeweave_db import AsyncDatabase, Database
     from pytest_pipeweave.databases import DatabaseJanitor, TemplateSetup
     from pytest_pipeweave.factories import AsyncPipeweaveFactory, PipeweaveFactory
@@ -296,6 +299,25 @@ def pipeweave_env(
             monkeypatch.delenv(name)
     monkeypatch.setenv("DATABASE_URL", pipeweave_database_url)
     return dict(os.environ)
+
+
+@pytest.fixture
+def pipeweave_connection(
+    request: pytest.FixtureRequest,
+    pipeweave_database: Database,
+    _pipeweave_worker_database: WorkerDatabase,
+) -> Iterator[psycopg.Connection[Any]]:
+    """The psycopg connection of the test's transaction, for clients that take a connection.
+
+    In rollback mode what it runs is undone with the test; its ``commit()`` and ``rollback()``
+    raise (psycopg's guard of a transaction block), so code under test cannot end the test's
+    transaction. In committed mode it is a connection of the pool, autocommit.
+    """
+    if _committed_mode(request):
+        with _one_line_failures(), _pipeweave_worker_database.committed_connection() as conn:
+            yield conn
+        return
+    yield _pipeweave_worker_database.connection()
 
 
 @pytest.fixture

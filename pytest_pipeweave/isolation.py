@@ -124,6 +124,15 @@ class WorkerDatabase:
 
     def committed(self) -> Database:
         """A Database over the shared pool: its statements commit for real."""
+        return self._observed(Database.from_pool(self._committed_pool()))
+
+    @contextlib.contextmanager
+    def committed_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the shared pool for a committed test, given back after it."""
+        with self._committed_pool().connection() as conn:
+            yield conn
+
+    def _committed_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         self._refuse_while_held()
         self._capture()
         with self._gone_on_failure():
@@ -137,7 +146,7 @@ class WorkerDatabase:
                     timeout=10,
                     open=True,
                 )
-        return self._observed(Database.from_pool(self._pool))
+        return self._pool
 
     def _capture(self) -> None:
         """The state committed tests are put back to, captured before the first of them."""

@@ -30,6 +30,7 @@ from pytest_pipeweave.fixtures import (  # noqa: F401  (fixtures are found in th
     pipeweave_async_seed,
     pipeweave_class_database,
     pipeweave_config,
+    pipeweave_connection,
     pipeweave_database,
     pipeweave_database_committed,
     pipeweave_database_url,

@@ -33,3 +33,12 @@ def test_the_module_data_example(pytester: pytest.Pytester) -> None:
         "-p", "no:cacheprovider", "-p", "no:asyncio", timeout=120
     )
     result.assert_outcomes(passed=4)
+
+
+@pytest.mark.usefixtures("pipeweave_inner_env")
+def test_the_sqlalchemy_recipe(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_readme_sqlalchemy=example("sqlalchemy-example"))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:asyncio", timeout=120
+    )
+    result.assert_outcomes(passed=2)
