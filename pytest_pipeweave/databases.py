@@ -30,10 +30,15 @@ from pipeweave_db import (
     load_migrations,
 )
 from pytest_pipeweave.errors import ServerUnavailable, first_line
+from pytest_pipeweave.leaks import TEMPLATE_ADDITIONS, install_write_notices
 from pytest_pipeweave.servers.base import ServerInfo
 
 NAME_PREFIX = "pytest_pipeweave_"
 TEMPLATE_SUFFIX = "template"
+# The copies of failed tests' data (--pipeweave-keep-failed): outside any run's names, so that
+# the run's end leaves them; a later run with the option drops those of runs that are over.
+FAILED_PREFIX = f"{NAME_PREFIX}failed_"
+_FAILED = re.compile(r"^pytest-pipeweave run=(?P<run>[0-9a-f]{12}) host=\S+ failed test$")
 # A database comment: the run that owns it, and the host it ran on (for people reading it).
 _OWNER = re.compile(r"^pytest-pipeweave run=(?P<run>[0-9a-f]{12}) host=\S+(?: building)?$")
 # High 16 bits of the advisory lock keys; the low 48 are the run key's 12 hex digits.
@@ -94,12 +99,15 @@ def drop_database(server: ServerInfo, name: str) -> None:
         _drop(conn, name)
 
 
-def _initialize(url: str, setup: TemplateSetup | None) -> None:
-    """The PipeWeave schema in the database at ``url``, then ``setup``'s additions."""
+def _initialize(url: str, setup: TemplateSetup | None, *, write_notices: bool = False) -> None:
+    """The PipeWeave schema in the database at ``url``, then ``setup``'s additions; for a test
+    template, then the triggers that tell of commits from elsewhere (``leaks``)."""
     with create_database(connection_string=url, max=1) as db:
         initialize_schema(db)
         if setup is not None:
             setup(db)
+        if write_notices:
+            install_write_notices(db)
 
 
 def _create(conn: Connection, name: str, template: str, comment: str | None) -> None:
@@ -190,7 +198,7 @@ class TemplateKey:
 
     @classmethod
     def of(cls, server: ServerInfo, setup: TemplateSetup | None, key: str | None) -> TemplateKey:
-        migrations = "".join(m.checksum for m in load_migrations())
+        migrations = "".join(m.checksum for m in load_migrations()) + TEMPLATE_ADDITIONS
         setup_hash = _short_hash(_setup_identity(setup, key))
         origin = "none" if setup is None else f"{setup.__module__}.{setup.__qualname__}"
         return cls(_short_hash(migrations), server.version, setup_hash, _short_hash(origin))
@@ -331,7 +339,7 @@ class DatabaseJanitor:
         half way leaves something the next one recognises and drops."""
         _create(self._admin(), name, "template1", f"{self._owner} building")
         try:
-            _initialize(self.server.url(name), setup)
+            _initialize(self.server.url(name), setup, write_notices=True)
         except BaseException:
             _drop(self._admin(), name)
             raise
@@ -389,6 +397,36 @@ class DatabaseJanitor:
 
     def drop(self, name: str) -> None:
         _drop(self._admin(), name)
+
+    def keep_failed(self, template: str, label: str) -> str:
+        """A database copied from ``template`` to hold a failed test's data, left after the
+        run; its name (``label`` says which test, in a few letters)."""
+        name = re.sub(r"[^a-z0-9_]", "_", f"{FAILED_PREFIX}{self.run_key}_{label}".lower())[:63]
+        _drop(self._admin(), name)
+        _create(self._admin(), name, template, f"{self._owner} failed test")
+        return name
+
+    def drop_failed_copies(self) -> list[str]:
+        """Drop what runs that are over kept of their failed tests; return the names."""
+        conn = self._admin()
+        dropped = []
+        for name, comment in conn.execute(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
+            " WHERE starts_with(datname, %s)",
+            [FAILED_PREFIX],
+        ).fetchall():
+            match = _FAILED.match(comment or "")
+            if not match or match.group("run") == self.run_key:
+                continue
+            lock = self._lock_id(_RUN_LOCK, match.group("run"))
+            if not _try_lock(conn, lock):
+                continue  # that run is still going
+            try:
+                _drop(conn, str(name))
+                dropped.append(str(name))
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", [lock])
+        return dropped
 
     def close(self) -> None:
         """Leave the run; its last process drops its databases (see the class). Idempotent."""

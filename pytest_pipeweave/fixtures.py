@@ -42,13 +42,14 @@ import contextlib
 import functools
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pipeweave_db.config import DatabaseConfig
-from pytest_pipeweave.errors import PluginError
+from pytest_pipeweave.errors import PluginError, first_line
 from pytest_pipeweave.servers import ServerInfo
 from pytest_pipeweave.session import PipeweaveSession
 
@@ -121,6 +122,8 @@ def _pipeweave_janitor(
     session = _session(request)
     with _one_line_failures():
         janitor = DatabaseJanitor(pipeweave_server, session.run_key, keep=session.settings.keep)
+        if session.settings.keep_failed:
+            janitor.drop_failed_copies()
     yield janitor
     janitor.close()
 
@@ -248,6 +251,36 @@ def pipeweave_database(
         return
     with _one_line_failures(), _pipeweave_worker_database.rolled_back() as db:
         yield db
+    _report_leaked_commits(request, _pipeweave_worker_database, "the test")
+
+
+def _report_leaked_commits(
+    request: pytest.FixtureRequest, worker: WorkerDatabase, who: str
+) -> None:
+    """Warn of (or with ``--pipeweave-strict``, fail on) writes that other connections
+    committed while a rollback-mode transaction was open, then put the database back."""
+    if not worker.written:
+        return
+    from pytest_pipeweave.leaks import LeakedCommitWarning, leak_message
+
+    tables = set(worker.written)
+    worker.written.clear()
+    with _one_line_failures():
+        put_back = worker.put_back()
+    message = leak_message(tables, who) + (
+        "; the database was put back to its template state for the next tests"
+        if put_back
+        else "; they stay for the next tests"
+    )
+    if _session(request).settings.strict:
+        pytest.fail(f"pipeweave: {message}", pytrace=False)
+    location = getattr(request.node, "location", None)
+    warnings.warn_explicit(
+        LeakedCommitWarning(message),
+        LeakedCommitWarning,
+        str(request.node.path),
+        location[1] + 1 if location and location[1] is not None else 1,
+    )
 
 
 def _committed_mode(request: pytest.FixtureRequest) -> bool:
@@ -336,6 +369,44 @@ def pipeweave_seed(pipeweave_database: Database, pipeweave_factory: PipeweaveFac
     return seed_database(pipeweave_database, pipeweave_factory)
 
 
+# -- the data of a failed test ------------------------------------------------------------------
+
+
+def keep_failed_test_data(item: pytest.Item) -> str | None:
+    """With ``--pipeweave-keep-failed``: the data a failed test saw, copied into a database of
+    its own while the test's fixtures are still up; what the report says of it."""
+    fixtures: dict[str, Any] = getattr(item, "funcargs", {})
+    worker = fixtures.get("_pipeweave_worker_database")
+    if worker is None or not PipeweaveSession.of(item.config).settings.keep_failed:
+        return None
+    janitor = fixtures.get("_pipeweave_janitor")
+    template = fixtures.get("pipeweave_template")
+    server = fixtures.get("pipeweave_server")
+    if janitor is None or template is None or server is None:
+        return "not kept: the test database is one of your own (pipeweave_database_url)"
+    import psycopg
+
+    from pipeweave_db import mask_url
+
+    session = PipeweaveSession.of(item.config)
+    session.kept += 1
+    label = f"{session.worker}_{session.kept}_{item.name}"
+    try:
+        name = janitor.keep_failed(template, label)
+        missing = worker.copy_view(server.url(name))
+    except (PluginError, psycopg.Error) as exc:
+        return f"not kept: {first_line(exc)}"
+    lines = [
+        f"the data the test saw is kept in database {name}",
+        f"    psql '{mask_url(server.url(name))}'",
+        f"    drop it: DROP DATABASE {name};  (the next run with --pipeweave-keep-failed drops "
+        "what runs before it kept)",
+    ]
+    if missing:
+        lines.insert(1, f"    ({missing})")
+    return "\n".join(lines)
+
+
 # -- statements and their number ----------------------------------------------------------------
 
 
@@ -397,6 +468,7 @@ def pipeweave_module_database(
     request.config.stash[HOLDING] = _pipeweave_worker_database
     with _one_line_failures(), _pipeweave_worker_database.rolled_back(holder="module") as db:
         yield db
+    _report_leaked_commits(request, _pipeweave_worker_database, "a test of this module")
 
 
 @pytest.fixture(scope="class")
@@ -468,6 +540,7 @@ def pipeweave_async_database(
         return
     with _one_line_failures(), _pipeweave_worker_database.async_rolled_back() as db:
         yield db
+    _report_leaked_commits(request, _pipeweave_worker_database, "the test")
 
 
 @pytest.fixture
@@ -518,6 +591,7 @@ def pipeweave_async_module_database(
     request.config.stash[HOLDING] = _pipeweave_worker_database
     with _one_line_failures(), _pipeweave_worker_database.async_rolled_back("module") as db:
         yield db
+    _report_leaked_commits(request, _pipeweave_worker_database, "a test of this module")
 
 
 @pytest.fixture(scope="class")

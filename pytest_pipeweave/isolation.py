@@ -28,9 +28,10 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from pipeweave_db import AsyncDatabase, Database, ExecutedStatement, mask_url
+from pytest_pipeweave import leaks
 from pytest_pipeweave.errors import RestoreFailed, ServerGone, SharedDataOpen, first_line
 from pytest_pipeweave.queries import CapturedQueries
-from pytest_pipeweave.restore import DatabaseSnapshot
+from pytest_pipeweave.restore import DatabaseSnapshot, copy_data
 
 T = TypeVar("T")
 DB = TypeVar("DB", Database, AsyncDatabase)
@@ -65,6 +66,9 @@ class WorkerDatabase:
         # Open captures (``pipeweave_queries``, the query assertions), each told every
         # statement of every Database handed out here.
         self._captures: list[CapturedQueries] = []
+        # The tables named by write notices since the outermost rolled-back transaction began:
+        # writes committed by other connections meanwhile (see ``leaks``).
+        self.written: set[str] = set()
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[CapturedQueries]:
@@ -89,6 +93,7 @@ class WorkerDatabase:
         if self._conn is None or self._conn.closed or self._conn.broken:
             with self._gone_on_failure():
                 self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                leaks.listen(self._conn, self.written)
         return self._conn
 
     @contextlib.contextmanager
@@ -112,6 +117,9 @@ class WorkerDatabase:
             conn = self.connection()
             with self._gone_on_failure():
                 stack.enter_context(conn.transaction(force_rollback=True))
+        outermost = not self.held
+        if outermost:
+            self.written.clear()  # what was committed before it began is no one's leak
         if holder is not None:
             self.held.append(holder)
             stack.callback(self.held.pop)
@@ -121,6 +129,8 @@ class WorkerDatabase:
         except psycopg.OperationalError:
             if not conn.broken:
                 raise
+        if outermost and not conn.closed:
+            leaks.received(conn.pgconn, self.written)
 
     def committed(self) -> Database:
         """A Database over the shared pool: its statements commit for real."""
@@ -175,6 +185,8 @@ class WorkerDatabase:
                 conn = self.call(
                     psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
                 )
+                _between_tests(conn, leaks.LISTEN)
+            conn.add_notify_handler(lambda notice: self.written.add(notice.payload))
             self._async_conn = conn
         return conn
 
@@ -207,6 +219,8 @@ class WorkerDatabase:
             conn = self.async_connection()
             with self._gone_on_failure():
                 _between_tests(conn, begin)
+        if depth == 0:
+            leaks.received(conn.pgconn, self.written).clear()
         if holder is not None:
             self.async_held.append(holder)
         try:
@@ -218,6 +232,9 @@ class WorkerDatabase:
                 _between_tests(conn, end)
             except psycopg.OperationalError:
                 self._close_async_connection()
+            else:
+                if depth == 0:
+                    leaks.received(conn.pgconn, self.written)
 
     def async_committed(self) -> AsyncDatabase:
         """``committed()`` for an async test: its statements commit for real."""
@@ -245,6 +262,45 @@ class WorkerDatabase:
             self.close()
             self.recreate()
             self._snapshot = None
+
+    def copy_view(self, target_url: str) -> str:
+        """What the test sees now copied into the database at ``target_url`` (of the same
+        schema): through its transaction in rollback mode, its own writes included. Returns
+        what was left out, or ""."""
+        conn = self.connection()
+        status = conn.info.transaction_status
+        missing = ""
+        if status == psycopg.pq.TransactionStatus.INERROR:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            missing = "its transaction had failed, so its uncommitted writes are not in it"
+        elif (
+            self._async_conn is not None
+            and _usable(self._async_conn)
+            and (self._async_conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+        ):
+            missing = "the uncommitted writes of an async test are not copied (only sync ones)"
+        try:
+            with self._gone_on_failure(), psycopg.connect(target_url, autocommit=True) as target:
+                copy_data(conn, target)
+        finally:
+            if conn is not self._conn:
+                conn.close()
+        return missing
+
+    def put_back(self) -> bool:
+        """The database back to its template state after commits from elsewhere, when nothing
+        is held open on it: restored as after a committed test, else copied again."""
+        if self.held or self.async_held:
+            return False
+        with self._gone_on_failure():
+            if self._snapshot is not None and self._snapshot.restore(self.connection()):
+                return True
+            if self.recreate is None:
+                return False
+            self.close()
+            self.recreate()
+        self._snapshot = None
+        return True
 
     def _held_data_lost(self, held: list[str]) -> ServerGone:
         """The connection under a module's or class's data is gone, and the data with it."""

@@ -20,6 +20,7 @@ from pytest_pipeweave.fixtures import (  # noqa: F401  (fixtures are found in th
     _pipeweave_janitor,
     _pipeweave_worker_database,
     data_fixture_outlives_class,
+    keep_failed_test_data,
     pipeweave_assert_max_num_queries,
     pipeweave_assert_num_queries,
     pipeweave_async_class_database,
@@ -91,12 +92,31 @@ def settings_from(config: pytest.Config) -> Settings:
     """The command line, else the environment, else the ini file; a bad value is a usage error."""
     options = [setting for setting in SETTINGS if setting.option]
     try:
-        return Settings.resolve(
+        settings = Settings.resolve(
             command_line={s.name: config.getoption(s.ini) for s in options},
             ini={s.name: config.getini(s.ini) for s in options},
         )
     except ConfigError as exc:
         raise pytest.UsageError(f"pipeweave: {exc}") from None
+    if settings.keep_failed and not settings.reuse:
+        # The kept databases outlive the run, so the server does: kept for reuse.
+        source = f"{settings.source('keep_failed')} (keep-failed)"
+        settings = dataclasses.replace(
+            settings, reuse=True, sources={**settings.sources, "reuse": source}
+        )
+    return settings
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """With ``--pipeweave-keep-failed``, a failed test's data is copied before its teardown
+    undoes it, and its report says where."""
+    report = yield
+    if report.when == "call" and report.failed:
+        kept = keep_failed_test_data(item)
+        if kept:
+            report.sections.append(("pipeweave: the failed test's data", kept))
+    return report
 
 
 def pytest_configure(config: pytest.Config) -> None:

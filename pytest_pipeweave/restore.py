@@ -5,6 +5,9 @@ costs milliseconds a table (it swaps files) and a fresh clone tens of millisecon
 deletes every row, puts back the rows the template had (kept in a side schema), and rewinds
 sequences. A test that changed the schema (DDL) shows in a catalog fingerprint; then, or when
 the reset fails, the caller re-clones instead.
+
+``copy_data`` moves the same rows the other way: what a failed test saw, into a database kept
+for looking at.
 """
 
 from __future__ import annotations
@@ -115,6 +118,41 @@ class DatabaseSnapshot:
                 conn.execute("ROLLBACK")
             return False
         return True
+
+
+def copy_data(source: Connection, target: Connection) -> None:
+    """Every row of ``target``'s tables as ``source`` sees it (uncommitted writes of its
+    transaction too), and the sequences' positions, into ``target``: a database of the same
+    schema, copied from the same template (the data of a failed test, kept)."""
+    tables = [
+        (int(oid), sql.Identifier(schema, name))
+        for oid, schema, name in target.execute(_TABLES, [SNAPSHOT_SCHEMA]).fetchall()
+    ]
+    ordered = _children_first(target, tables)
+    # A savepoint inside the test's transaction: a failure here must not poison it.
+    with source.transaction(), target.transaction():
+        if _is_superuser(target):
+            target.execute("SET LOCAL session_replication_role = replica")
+        for _, table in ordered:
+            target.execute(sql.SQL("DELETE FROM {}").format(table))
+        for oid, table in reversed(ordered):  # parents first, for the foreign keys
+            columns = sql.SQL(", ").join(
+                sql.Identifier(str(name)) for (name,) in target.execute(_COLUMNS, [oid]).fetchall()
+            )
+            with (
+                source.cursor().copy(
+                    sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
+                        columns, table
+                    )
+                ) as rows_out,
+                target.cursor().copy(
+                    sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, columns)
+                ) as rows_in,
+            ):
+                for block in rows_out:
+                    rows_in.write(block)
+        for rewind in _sequence_rewinds(source):
+            target.execute(rewind)
 
 
 def _is_superuser(conn: Connection) -> bool:

@@ -73,6 +73,7 @@ class PipeweaveSession:
         self.template_seconds: float | None = None
         self.template_note: str | None = None  # with reuse: reused, or why it was rebuilt
         self.databases: list[str] = []
+        self.kept = 0  # failed tests whose data this process kept (--pipeweave-keep-failed)
 
     @classmethod
     def install(cls, config: pytest.Config, settings: Settings) -> PipeweaveSession:

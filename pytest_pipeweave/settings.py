@@ -88,6 +88,22 @@ SETTINGS = (
         flag=True,
     ),
     Setting(
+        "strict",
+        "PIPEWEAVE_STRICT",
+        "fail (not only warn about) a rollback-mode test whose code committed writes through "
+        "a connection of its own",
+        lambda value, source: parse_flag(value, source),
+        flag=True,
+    ),
+    Setting(
+        "keep_failed",
+        "PIPEWEAVE_KEEP_FAILED",
+        "copy the data a failing test saw into a database of its own, kept until the next run "
+        "on that server, and print its address",
+        lambda value, source: parse_flag(value, source),
+        flag=True,
+    ),
+    Setting(
         "tmpdir",
         "PIPEWEAVE_TMPDIR",
         "parent of the servers' folders (default /dev/shm when writable, else the temp folder)",
@@ -119,6 +135,8 @@ class Settings:
     keep: bool = False
     reuse: bool = False
     recreate: bool = False
+    strict: bool = False
+    keep_failed: bool = False
     tmpdir: str | None = None
     server_user: str | None = None
     docker_host: str | None = None

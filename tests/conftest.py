@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +18,7 @@ from hypothesis import settings
 from psycopg import sql
 
 from pytest_pipeweave import LocalServer, ServerInfo, drop_database
-from pytest_pipeweave.runs import base_dir
+from pytest_pipeweave.runs import REUSE_KEY, base_dir, base_path
 from pytest_pipeweave.servers.binaries import find_pg_bin
 
 settings.register_profile("ci", max_examples=10_000, deadline=None)
@@ -82,3 +85,23 @@ def server_folder() -> Iterator[Callable[[str], Path]]:
     yield make
     for folder in made:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def reuse_folder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """PIPEWEAVE_TMPDIR of the test's own, so its reused server is nobody else's; whatever is
+    kept there is stopped with the one documented command afterwards."""
+    parent = Path(
+        tempfile.mkdtemp(prefix="pwr-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+    )
+    parent.chmod(0o755)
+    monkeypatch.setenv("PIPEWEAVE_TMPDIR", str(parent))
+    yield base_path(str(parent)) / f"run-{REUSE_KEY}"
+    stop = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--pipeweave-stop-reused"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    subprocess.run(["rm", "-rf", str(parent)], check=False)
+    assert stop.returncode == 0, stop.stdout + stop.stderr

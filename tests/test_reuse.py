@@ -6,9 +6,7 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -17,7 +15,6 @@ from helpers import kill_server
 
 from pytest_pipeweave import LocalServer
 from pytest_pipeweave.processes import process_alive, wait_until
-from pytest_pipeweave.runs import REUSE_KEY, base_path
 from pytest_pipeweave.servers.binaries import find_pg_bin
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
@@ -29,26 +26,6 @@ def test_one(pipeweave_database):
 def test_two(pipeweave_factory):
     pipeweave_factory.task_run()
 """
-
-
-@pytest.fixture
-def reuse_folder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """PIPEWEAVE_TMPDIR of the test's own, so its reused server is nobody else's; whatever is
-    kept there is stopped with the one documented command afterwards."""
-    parent = Path(
-        tempfile.mkdtemp(prefix="pwr-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
-    )
-    parent.chmod(0o755)
-    monkeypatch.setenv("PIPEWEAVE_TMPDIR", str(parent))
-    yield base_path(str(parent)) / f"run-{REUSE_KEY}"
-    stop = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--pipeweave-stop-reused"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    subprocess.run(["rm", "-rf", str(parent)], check=False)
-    assert stop.returncode == 0, stop.stdout + stop.stderr
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:

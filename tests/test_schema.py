@@ -63,6 +63,7 @@ UNION ALL SELECT 'index', indexdef FROM pg_indexes WHERE schemaname = 'public'
 UNION ALL SELECT 'constraint', conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
 WHERE connamespace = 'public'::regnamespace
 UNION ALL SELECT 'trigger', pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal
+  AND tgname <> 'pytest_pipeweave_write'  -- the plugin's, in test databases (leaked commits)
 UNION ALL SELECT 'function', proname || pg_get_function_result(oid) FROM pg_proc
 WHERE pronamespace = 'public'::regnamespace
 """
