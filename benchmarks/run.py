@@ -73,11 +73,11 @@ def say(message: str) -> None:
 # -- the virtualenv ---------------------------------------------------------------------------
 
 
-def ensure_venv(work: Path, python: str) -> Path:
-    """``work/venv`` with the project (editable) and the peers; rebuilt when the recipe changes."""
+def ensure_venv(work: Path, python: str, project: Path = REPO) -> Path:
+    """``work/venv`` with ``project`` (editable) and the peers; rebuilt when the recipe changes."""
     venv = work / "venv"
     recipe = hashlib.sha256(
-        "\n".join([python, *REQUIREMENTS, (REPO / "pyproject.toml").read_text()]).encode()
+        "\n".join([python, *REQUIREMENTS, (project / "pyproject.toml").read_text()]).encode()
     ).hexdigest()[:16]
     stamp = venv / "pipeweave-bench.recipe"
     if stamp.is_file() and stamp.read_text() == recipe:
@@ -87,9 +87,55 @@ def ensure_venv(work: Path, python: str) -> Path:
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-e", str(REPO), *REQUIREMENTS], check=True)
+    subprocess.run([*pip, "-e", str(project), *REQUIREMENTS], check=True)
     stamp.write_text(recipe)
     return venv
+
+
+def prepare_venv(work: Path, python: str, project: Path = REPO) -> Path:
+    """The virtualenv of ``project``, compiled and readable by the inner user."""
+    venv = ensure_venv(work, python, project)
+    # The project is installed editable: compile it now, or an inner user who cannot write
+    # its __pycache__ would compile it again in every run (the peers' wheels come compiled).
+    subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "compileall",
+            "-q",
+            "pipeweave_db",
+            "pytest_pipeweave",
+        ],
+        cwd=project,
+        check=True,
+    )
+    if os.geteuid() == 0:
+        subprocess.run(["chmod", "-R", "a+rX", str(work)], check=True)
+    return venv
+
+
+def baseline_venv(work: Path, python: str, revision: str) -> tuple[str, Path]:
+    """The short commit of ``revision`` and a virtualenv with this project as it was there.
+
+    The commit's files come from ``git archive``, so the checkout is left alone."""
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", f"{revision}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"--baseline: {revision!r} is not a commit of this repository")
+    commit = done.stdout.strip()
+    place = work / f"baseline-{commit}"
+    source = place / "src"
+    if not (source / "pyproject.toml").is_file():
+        shutil.rmtree(source, ignore_errors=True)
+        source.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    return commit, prepare_venv(place, python, source)
 
 
 # -- running the inner suites -----------------------------------------------------------------
@@ -141,17 +187,19 @@ class Runner:
         peer: str = "",
         docker: bool = False,
         env: dict[str, str] | None = None,
+        venv: Path | None = None,
     ) -> dict[str, Any]:
         """Run ``suite/test_file``: its timing, its extra figures, and its wall-clock time.
 
         Docker runs stay with the invoking user (the engine's socket is theirs); the others
-        run as the inner user when we are root.
+        run as the inner user when we are root. ``venv`` runs another build of the project.
         """
+        venv = venv or self.venv
         self.count += 1
         tag = f"{self.count:03d}-{Path(test_file).stem}-{peer or 'ours'}"
         out, extra = self.out / f"{tag}.json", self.out / f"{tag}.extra.json"
         variables = {
-            "PATH": f"{self.venv / 'bin'}:{SYSTEM_PATH}",
+            "PATH": f"{venv / 'bin'}:{SYSTEM_PATH}",
             "HOME": str(self.home),
             "LANG": "C.UTF-8",
             "PYTHONPATH": str(self.suite),
@@ -169,7 +217,7 @@ class Runner:
                 TESTCONTAINERS_CONNECTION_MODE="docker_host",
             )
         variables.update(env or {})
-        command = [str(self.venv / "bin" / "python"), "-m", "pytest", test_file]
+        command = [str(venv / "bin" / "python"), "-m", "pytest", test_file]
         if peer == "none":  # pytest alone: pytest-postgresql's plugin imports psycopg and more
             command += ["-p", "no:pipeweave", "-p", "no:pytest_postgresql"]
         elif peer:
@@ -299,7 +347,7 @@ class Figures:
     def ratio(self, key: str, value: float, label: str) -> None:
         self.ratios.setdefault(key, []).append(value)
         self.meta[key] = {"label": label, "unit": "x"}
-        say(f"  {label}: {value:.1f}x")
+        say(f"  {label}: {show(value, 'x')}")
 
     def median(self, key: str) -> float | None:
         values = self.values.get(key) or self.ratios.get(key)
@@ -316,7 +364,7 @@ def show(value: float | None, unit: str) -> str:
     if unit == "rows/s":
         return f"{value:,.0f} rows/s"
     if unit == "x":
-        return f"{value:.1f}x"
+        return f"{value:.2f}x" if value < 2 else f"{value:.1f}x"
     if unit == "cores":
         return f"{value:.2f} cores"
     return f"{value:g} {unit}"
@@ -376,6 +424,58 @@ def isolation(run: Runner, figs: Figures, repeat: int, docker: bool) -> None:
                 total[peer] / total["ours"],
                 f"{peer} / ours, setup+call+teardown",
             )
+
+
+def against_baseline(run: Runner, figs: Figures, repeat: int, commit: str, venv: Path) -> None:
+    """The 200 tests of (1) with ``pipeweave_database``, this checkout against ``commit``.
+
+    The two take turns, the order changing each repetition; the commit's runs have servers'
+    folder of their own, so that neither reuses what the other built."""
+    folder = run.fresh_dir(f"pipeweave-bench-{commit}")
+    sides = [("now", None, {}), (commit, venv, {"PIPEWEAVE_TMPDIR": str(folder)})]
+    try:
+        for rep in range(repeat):
+            say(f"against {commit}, repetition {rep + 1}/{repeat}")
+            overhead: dict[str, float] = {}
+            total: dict[str, float] = {}
+            for name, side_venv, env in sides[rep % 2 :] + sides[: rep % 2]:
+                timing = run.pytest("test_isolation_ours.py", env=env, venv=side_venv)["timing"]
+                overhead[name] = median(phases(timing, "setup", "teardown")) * MS
+                total[name] = median(phases(timing, "setup", "call", "teardown")) * MS
+            label = f"pipeweave_database at {commit}"
+            figs.add(
+                f"baseline.{commit}.overhead_ms", overhead[commit], f"{label}: setup+teardown", "ms"
+            )
+            figs.add(
+                f"baseline.{commit}.per_test_ms",
+                total[commit],
+                f"{label}: setup+call+teardown",
+                "ms",
+            )
+            figs.add(
+                "baseline.now.overhead_ms",
+                overhead["now"],
+                "pipeweave_database now: setup+teardown",
+                "ms",
+            )
+            figs.add(
+                "baseline.now.per_test_ms",
+                total["now"],
+                "pipeweave_database now: setup+call+teardown",
+                "ms",
+            )
+            figs.ratio(
+                f"baseline.{commit}.overhead_ratio",
+                overhead["now"] / overhead[commit],
+                f"setup+teardown: now / {commit}",
+            )
+            figs.ratio(
+                f"baseline.{commit}.per_test_ratio",
+                total["now"] / total[commit],
+                f"setup+call+teardown: now / {commit}",
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def floors(run: Runner, figs: Figures, ours_overhead_ms: float) -> None:
@@ -1038,9 +1138,28 @@ TARGETS: list[dict[str, Any]] = [
 ]
 
 
+def baseline_targets(figs: Figures) -> list[dict[str, Any]]:
+    """A reference line per commit measured with ``--baseline``: how much slower (or faster)
+    a test is now."""
+    commits = sorted(
+        {key.split(".")[1] for key in figs.meta if key.startswith("baseline.")} - {"now"}
+    )
+    return [
+        {
+            "what": f"pipeweave_database per test, now against {commit}",
+            "ours": "baseline.now.per_test_ms",
+            "peer": f"baseline.{commit}.per_test_ms",
+            "peer_name": f"at {commit}",
+            "ratio": f"baseline.{commit}.per_test_ratio",
+            "target": "",
+        }
+        for commit in commits
+    ]
+
+
 def summary_rows(figs: Figures) -> list[dict[str, Any]]:
     rows = []
-    for target in TARGETS:
+    for target in TARGETS + baseline_targets(figs):
         ours = figs.median(target["ours"])
         if ours is None or (target.get("peer") and figs.median(target["peer"]) is None):
             continue
@@ -1207,8 +1326,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default=",".join(MEASUREMENTS),
-        help=f"comma-separated subset of {', '.join(MEASUREMENTS)}",
+        default=None,
+        help=f"comma-separated subset of {', '.join(MEASUREMENTS)} (default: all of them,"
+        " none with --baseline)",
     )
     parser.add_argument(
         "--work",
@@ -1230,6 +1350,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="print only; leave results/ alone (implied by --only)",
     )
     parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        action="append",
+        default=[],
+        help="also measure pipeweave_database's per-test cost at this commit, alternating with"
+        " this checkout's (repeatable)",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="exit 1 when any target measured is missed"
     )
     parser.add_argument(
@@ -1238,7 +1366,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="write the figures measured (any subset) and the summary to PATH as JSON",
     )
     args = parser.parse_args(argv)
-    unknown = set(args.only.split(",")) - set(MEASUREMENTS)
+    if args.only is None:
+        args.only = "" if args.baseline else ",".join(MEASUREMENTS)
+    unknown = set(filter(None, args.only.split(","))) - set(MEASUREMENTS)
     if unknown:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
     if args.quick:
@@ -1254,23 +1384,10 @@ def main(argv: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
     if os.environ.get("PWB_IN_VENV") != "1":
-        venv = ensure_venv(work, args.python or venv_base_python())
-        # The project is installed editable: compile it now, or an inner user who cannot write
-        # its __pycache__ would compile it again in every run (the peers' wheels come compiled).
-        subprocess.run(
-            [
-                str(venv / "bin" / "python"),
-                "-m",
-                "compileall",
-                "-q",
-                "pipeweave_db",
-                "pytest_pipeweave",
-            ],
-            cwd=REPO,
-            check=True,
-        )
-        if os.geteuid() == 0:
-            subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
+        base_python = args.python or venv_base_python()
+        venv = prepare_venv(work, base_python)
+        baselines = [baseline_venv(work, base_python, rev) for rev in args.baseline]
+        os.environ["PWB_BASELINES"] = json.dumps({commit: str(path) for commit, path in baselines})
         python = str(venv / "bin" / "python")
         os.execve(python, [python, __file__, *argv], {**os.environ, "PWB_IN_VENV": "1"})
     venv = Path(sys.prefix)
@@ -1302,6 +1419,8 @@ def main(argv: list[str]) -> int:
         cleanup(run, figs, heavy, 0.1 if args.quick else 1.0)
     if "seed" in chosen:
         seed(run, figs, heavy)
+    for commit, path in json.loads(os.environ.get("PWB_BASELINES") or "{}").items():
+        against_baseline(run, figs, repeat, commit, Path(path))
     info["load_end"] = load_average()
     rows = summary_rows(figs)
     print()
