@@ -14,7 +14,7 @@ import inspect
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -151,22 +151,35 @@ def _databases(conn: Connection, run_key: str | None = None) -> list[tuple[str, 
 
     A kept database's comment says so, and does not match: it is never dropped as a leftover.
     """
-    rows = conn.execute(
-        "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
-        " WHERE starts_with(datname, %s)",
-        [database_name(run_key, "") if run_key else NAME_PREFIX],
-    ).fetchall()
     found = []
-    for name, comment in rows:
-        match = _OWNER.match(comment or "")
-        if match and str(name).startswith(database_name(match.group("run"), "")):
-            found.append((match.group("run"), str(name)))
+    for name, comment in _commented(conn, database_name(run_key, "") if run_key else NAME_PREFIX):
+        match = _OWNER.match(comment)
+        if match and name.startswith(database_name(match.group("run"), "")):
+            found.append((match.group("run"), name))
     return found
 
 
-def _try_lock(conn: Connection, lock: int) -> bool:
+def _commented(conn: Connection, prefix: str) -> list[tuple[str, str]]:
+    """(name, comment or "") of the databases whose names begin with ``prefix``, oldest first."""
+    rows = conn.execute(
+        "SELECT datname, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database"
+        " WHERE starts_with(datname, %s) ORDER BY oid",
+        [prefix],
+    ).fetchall()
+    return [(str(name), str(comment)) for name, comment in rows]
+
+
+@contextlib.contextmanager
+def _locked_if_free(conn: Connection, lock: int) -> Iterator[bool]:
+    """Whether advisory ``lock`` was free; if so it is held for the block (no waiting)."""
     row = conn.execute("SELECT pg_try_advisory_lock(%s)", [lock]).fetchone()
-    return bool(row and row[0])
+    if not (row and row[0]):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", [lock])
 
 
 @dataclass(frozen=True)
@@ -347,14 +360,9 @@ class DatabaseJanitor:
 
     def _reusable(self, conn: Connection) -> dict[str, tuple[TemplateKey, str]]:
         """The reusable templates on the server, oldest first: digest -> (key, builder run)."""
-        rows = conn.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
-            " WHERE starts_with(datname, %s) ORDER BY oid",
-            [f"{NAME_PREFIX}template_"],
-        ).fetchall()
         found = {}
-        for (comment,) in rows:
-            match = _REUSABLE.match(comment or "")
+        for _, comment in _commented(conn, f"{NAME_PREFIX}template_"):
+            match = _REUSABLE.match(comment)
             if match:
                 key = TemplateKey(
                     match["schema"], match["postgres"], match["setup"], match["origin"]
@@ -365,13 +373,11 @@ class DatabaseJanitor:
     def _drop_superseded(self, conn: Connection, key: TemplateKey) -> None:
         """Drop the reusable templates that ``key``'s replaces (of its origin) and no run holds."""
         for digest, (other, _) in self._reusable(conn).items():
-            lock = self._key_lock(_TEMPLATE_LOCK, digest)
-            if digest == key.digest or other.origin != key.origin or not _try_lock(conn, lock):
+            if digest == key.digest or other.origin != key.origin:
                 continue
-            try:
-                _drop(conn, f"{NAME_PREFIX}template_{digest}")
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", [lock])
+            with _locked_if_free(conn, self._key_lock(_TEMPLATE_LOCK, digest)) as free:
+                if free:
+                    _drop(conn, f"{NAME_PREFIX}template_{digest}")
 
     def create(self, suffix: str, setup: TemplateSetup | None = None) -> str:
         """A database of the run with the PipeWeave schema (and ``setup``); its URL."""
@@ -410,22 +416,14 @@ class DatabaseJanitor:
         """Drop what runs that are over kept of their failed tests; return the names."""
         conn = self._admin()
         dropped = []
-        for name, comment in conn.execute(
-            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
-            " WHERE starts_with(datname, %s)",
-            [FAILED_PREFIX],
-        ).fetchall():
-            match = _FAILED.match(comment or "")
+        for name, comment in _commented(conn, FAILED_PREFIX):
+            match = _FAILED.match(comment)
             if not match or match.group("run") == self.run_key:
                 continue
-            lock = self._lock_id(_RUN_LOCK, match.group("run"))
-            if not _try_lock(conn, lock):
-                continue  # that run is still going
-            try:
-                _drop(conn, str(name))
-                dropped.append(str(name))
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", [lock])
+            with _locked_if_free(conn, self._lock_id(_RUN_LOCK, match.group("run"))) as over:
+                if over:  # no process of that run is left
+                    _drop(conn, name)
+                    dropped.append(name)
         return dropped
 
     def close(self) -> None:
@@ -465,16 +463,13 @@ class DatabaseJanitor:
 
     def _drop_run(self, conn: Connection, run_key: str) -> list[str]:
         """Drop ``run_key``'s databases if no process of that run is left (nor joins meanwhile)."""
-        lock = self._lock_id(_RUN_LOCK, run_key)
-        if not _try_lock(conn, lock):
-            return []
-        try:
+        with _locked_if_free(conn, self._lock_id(_RUN_LOCK, run_key)) as over:
+            if not over:
+                return []
             names = [name for _, name in _databases(conn, run_key)]
             for name in names:
                 _drop(conn, name)
             return names
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", [lock])
 
     # -- plumbing ----------------------------------------------------------------------------
 

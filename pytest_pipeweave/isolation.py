@@ -186,7 +186,7 @@ class WorkerDatabase:
                     psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
                 )
                 _between_tests(conn, leaks.LISTEN)
-            conn.add_notify_handler(lambda notice: self.written.add(notice.payload))
+            conn.add_notify_handler(leaks.collector(self.written))
             self._async_conn = conn
         return conn
 

@@ -10,6 +10,7 @@ test are in hand right after its ROLLBACK, with no round trip of their own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -62,7 +63,12 @@ def install_write_notices(db: Database) -> None:
 def listen(conn: psycopg.Connection[Any], tables: set[str]) -> None:
     """Collect into ``tables`` the tables named by the notices ``conn`` receives."""
     conn.execute(LISTEN)
-    conn.add_notify_handler(lambda notice: tables.add(notice.payload))
+    conn.add_notify_handler(collector(tables))
+
+
+def collector(tables: set[str]) -> Callable[[psycopg.Notify], None]:
+    """A notify handler adding the table a notice names to ``tables`` (sync or async)."""
+    return lambda notice: tables.add(notice.payload)
 
 
 def received(pgconn: psycopg.pq.abc.PGconn, tables: set[str]) -> set[str]:

@@ -54,6 +54,11 @@ class Setting:
         return f"pipeweave_{self.name}"
 
 
+def flag_setting(name: str, env: str, help: str) -> Setting:
+    """A yes/no setting: a bare option on the command line, parsed as a flag elsewhere."""
+    return Setting(name, env, help, parse_flag, flag=True)
+
+
 SETTINGS = (
     Setting(
         "backend",
@@ -65,43 +70,33 @@ SETTINGS = (
     Setting("url", "PIPEWEAVE_TEST_DATABASE_URL", "URL of an existing server (url backend)"),
     Setting("image", "PIPEWEAVE_IMAGE", f"docker image (default {DEFAULT_IMAGE})"),
     Setting("pg_bin", "PIPEWEAVE_PG_BIN", "folder holding initdb and postgres (local backend)"),
-    Setting(
+    flag_setting(
         "keep",
         "PIPEWEAVE_KEEP",
         "leave the server running and print how to connect",
-        lambda value, source: parse_flag(value, source),
-        flag=True,
     ),
-    Setting(
+    flag_setting(
         "reuse",
         "PIPEWEAVE_REUSE",
         "leave the server and template for the next run with reuse, and attach to a server and "
         "template an earlier one left (rebuilt when what made them changed)",
-        lambda value, source: parse_flag(value, source),
-        flag=True,
     ),
-    Setting(
+    flag_setting(
         "recreate",
         "PIPEWEAVE_RECREATE",
         "with reuse: build the template again even though nothing that made it changed",
-        lambda value, source: parse_flag(value, source),
-        flag=True,
     ),
-    Setting(
+    flag_setting(
         "strict",
         "PIPEWEAVE_STRICT",
         "fail (not only warn about) a rollback-mode test whose code committed writes through "
         "a connection of its own",
-        lambda value, source: parse_flag(value, source),
-        flag=True,
     ),
-    Setting(
+    flag_setting(
         "keep_failed",
         "PIPEWEAVE_KEEP_FAILED",
         "copy the data a failing test saw into a database of its own, kept until the next run "
         "on that server, and print its address",
-        lambda value, source: parse_flag(value, source),
-        flag=True,
     ),
     Setting(
         "tmpdir",
