@@ -669,9 +669,10 @@ def reuse(run: Runner, figs: Figures, repeat: int) -> None:
     folder = run.fresh_dir("pipeweave-bench-reuse")
     env = {"PIPEWEAVE_TMPDIR": str(folder)}
     try:
-        say("reuse: the first run with reuse, and a warm cache (not measured)")
+        say("reuse: the first runs with reuse, and a warm cache (not measured)")
         run.pytest("test_start_ours.py")
         run.pytest("test_start_ours.py", "--pipeweave-reuse", env=env)
+        run.pytest("test_start_slow_template.py", "--pipeweave-reuse", env=env)
         for rep in range(repeat):
             say(f"reuse, repetition {rep + 1}/{repeat}")
             reused = run.pytest("test_start_ours.py", "--pipeweave-reuse", env=env)
