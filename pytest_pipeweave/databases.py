@@ -38,9 +38,13 @@ TEMPLATE_SUFFIX = "template"
 # The copies of failed tests' data (--pipeweave-keep-failed): outside any run's names, so that
 # the run's end leaves them; a later run with the option drops those of runs that are over.
 FAILED_PREFIX = f"{NAME_PREFIX}failed_"
-_FAILED = re.compile(r"^pytest-pipeweave run=(?P<run>[0-9a-f]{12}) host=\S+ failed test$")
-# A database comment: the run that owns it, and the host it ran on (for people reading it).
-_OWNER = re.compile(r"^pytest-pipeweave run=(?P<run>[0-9a-f]{12}) host=\S+(?: building)?$")
+# A database comment: the run that owns it, the host it ran on (for people reading it), when
+# it was made (seconds since the epoch by the server's clock: the hosts' clocks may disagree;
+# absent from what older versions made), and what it is, when it is more than the run's own.
+_RUN_COMMENT = re.compile(
+    r"^pytest-pipeweave run=(?P<run>[0-9a-f]{12}) host=(?P<host>\S+)"
+    r"(?: created=(?P<created>\d+))?(?: (?P<state>building|kept|failed test))?$"
+)
 # High 16 bits of the advisory lock keys; the low 48 are the run key's 12 hex digits.
 _RUN_LOCK = 0x7077
 _BUILD_LOCK = 0x7078
@@ -50,8 +54,8 @@ _TEMPLATE_LOCK = 0x7079
 # A reusable template's comment: its key, the run that built it, and what the key was made of.
 _REUSABLE = re.compile(
     r"^pytest-pipeweave template=(?P<key>[0-9a-f]{12}) run=(?P<run>[0-9a-f]{12}) "
-    r"schema=(?P<schema>\S+) postgres=(?P<postgres>\S+) setup=(?P<setup>\S+) "
-    r"origin=(?P<origin>\S+)$"
+    r"schema=(?P<schema>\S+) postgres=(?P<postgres>\S*) setup=(?P<setup>\S+) "
+    r"origin=(?P<origin>\S+)(?: created=(?P<created>\d+))?$"
 )
 
 TemplateSetup = Callable[[Database], None]
@@ -66,6 +70,13 @@ def admin_connection(server: ServerInfo) -> Connection:
 def database_name(run_key: str, suffix: str) -> str:
     """``pytest_pipeweave_<run>_<suffix>``: recognisably ours, unique per run."""
     return f"{NAME_PREFIX}{run_key}_{suffix}".lower()
+
+
+def host_label(hostname: str | None = None) -> str:
+    """This host's name (``hostname``) as database names carry it: letters and digits, at
+    most 16, so that a name says which host made it and leaves room for the rest."""
+    label = re.sub(r"[^a-z0-9]", "", (hostname or socket.gethostname()).lower())[:16]
+    return label or "host"
 
 
 def create_template(
@@ -153,9 +164,13 @@ def _databases(conn: Connection, run_key: str | None = None) -> list[tuple[str, 
     """
     found = []
     for name, comment in _commented(conn, database_name(run_key, "") if run_key else NAME_PREFIX):
-        match = _OWNER.match(comment)
-        if match and name.startswith(database_name(match.group("run"), "")):
-            found.append((match.group("run"), name))
+        match = _RUN_COMMENT.match(comment)
+        if (
+            match
+            and match["state"] in (None, "building")
+            and name.startswith(database_name(match["run"], ""))
+        ):
+            found.append((match["run"], name))
     return found
 
 
@@ -167,6 +182,23 @@ def _commented(conn: Connection, prefix: str) -> list[tuple[str, str]]:
         [prefix],
     ).fetchall()
     return [(str(name), str(comment)) for name, comment in rows]
+
+
+def _made_before(name: str, comment: str, cutoff: float, own_run: str) -> bool:
+    """Whether ``name`` is a database of ours, not of run ``own_run``, that its comment says
+    was made before ``cutoff`` (seconds since the epoch)."""
+    if reusable := _REUSABLE.match(comment):
+        made = reusable["created"]
+        ours = name == f"{NAME_PREFIX}template_{reusable['key']}"
+    elif owned := _RUN_COMMENT.match(comment):
+        made = owned["created"]
+        ours = owned["run"] != own_run and any(
+            name.startswith(prefix)
+            for prefix in (database_name(owned["run"], ""), f"{FAILED_PREFIX}{owned['run']}_")
+        )
+    else:
+        return False
+    return ours and made is not None and int(made) < cutoff
 
 
 @contextlib.contextmanager
@@ -262,7 +294,9 @@ class DatabaseJanitor:
     nothing is dropped: the server takes its databases with it.
 
     The processes of one run (pytest-xdist workers) share ``run_key``: the first to ask builds
-    the template, under the run's build lock, and the others reuse it.
+    the template, under the run's build lock, and the others reuse it. Names carry the run key
+    and the host (``host_label``), comments the host and the time each database was made, so
+    that runs from many hosts can share one server and ``drop_older_than`` can reap by age.
     """
 
     def __init__(self, server: ServerInfo, run_key: str, *, keep: bool = False) -> None:
@@ -271,7 +305,10 @@ class DatabaseJanitor:
         self.server = server
         self.run_key = run_key
         self.keep = keep
-        self._owner = f"pytest-pipeweave run={run_key} host={socket.gethostname()}"
+        self.host = host_label()
+        hostname = re.sub(r"\s", "_", socket.gethostname())
+        self._owner = f"pytest-pipeweave run={run_key} host={hostname}"
+        self._clock_offset = 0.0  # the server's clock minus ours, for the comments' times
         self._conn: Connection | None = None
         self._open()
         if not server.ephemeral:
@@ -280,7 +317,7 @@ class DatabaseJanitor:
     # -- the run's databases ---------------------------------------------------------------
 
     def name(self, suffix: str) -> str:
-        return database_name(self.run_key, suffix)
+        return database_name(self.run_key, f"{self.host}_{suffix}")
 
     def template(
         self,
@@ -338,7 +375,8 @@ class DatabaseJanitor:
             _drop(conn, name)
             comment = (
                 f"pytest-pipeweave template={key.digest} run={self.run_key} schema={key.schema} "
-                f"postgres={key.postgres} setup={key.setup} origin={key.origin}"
+                f"postgres={key.postgres} setup={key.setup} origin={key.origin} "
+                f"created={self._server_time()}"
             )
             self._build(name, setup, comment)
             self._drop_superseded(self._admin(), key)
@@ -350,7 +388,7 @@ class DatabaseJanitor:
     def _build(self, name: str, setup: TemplateSetup | None, comment: str) -> None:
         """Template ``name`` made under a "building" comment, so that a builder that dies
         half way leaves something the next one recognises and drops."""
-        _create(self._admin(), name, "template1", f"{self._owner} building")
+        _create(self._admin(), name, "template1", self._comment("building"))
         try:
             _initialize(self.server.url(name), setup, write_notices=True)
         except BaseException:
@@ -407,9 +445,10 @@ class DatabaseJanitor:
     def keep_failed(self, template: str, label: str) -> str:
         """A database copied from ``template`` to hold a failed test's data, left after the
         run; its name (``label`` says which test, in a few letters)."""
+        # Without the host: the test's name needs the room, and the comment says the host.
         name = re.sub(r"[^a-z0-9_]", "_", f"{FAILED_PREFIX}{self.run_key}_{label}".lower())[:63]
         _drop(self._admin(), name)
-        _create(self._admin(), name, template, f"{self._owner} failed test")
+        _create(self._admin(), name, template, self._comment("failed test"))
         return name
 
     def drop_failed_copies(self) -> list[str]:
@@ -417,8 +456,8 @@ class DatabaseJanitor:
         conn = self._admin()
         dropped = []
         for name, comment in _commented(conn, FAILED_PREFIX):
-            match = _FAILED.match(comment)
-            if not match or match.group("run") == self.run_key:
+            match = _RUN_COMMENT.match(comment)
+            if not match or match["state"] != "failed test" or match["run"] == self.run_key:
                 continue
             with _locked_if_free(conn, self._lock_id(_RUN_LOCK, match.group("run"))) as over:
                 if over:  # no process of that run is left
@@ -461,6 +500,30 @@ class DatabaseJanitor:
             dropped += self._drop_run(conn, run_key)
         return dropped
 
+    def drop_older_than(self, seconds: float) -> list[str]:
+        """Drop the databases of other runs, from any host, made more than ``seconds`` ago by
+        the server's clock, whether or not their run looks alive; return their names.
+
+        For a shared server whose runs can die without the server noticing (a host that went
+        away holding its connections open). Only databases whose comment says when we made
+        them: kept ones and failed tests' copies too, reusable templates only when no run uses
+        them; never another's database, nor one made by a version that wrote no time.
+        """
+        conn = self._admin()
+        row = conn.execute("SELECT extract(epoch FROM now())::float8").fetchone()
+        cutoff = (float(row[0]) if row else time.time()) - seconds
+        dropped = []
+        for name, comment in _commented(conn, NAME_PREFIX):
+            if not _made_before(name, comment, cutoff, self.run_key):
+                continue
+            reusable = _REUSABLE.match(comment)
+            lock = self._key_lock(_TEMPLATE_LOCK, reusable["key"]) if reusable else None
+            with _locked_if_free(conn, lock) if lock else contextlib.nullcontext(True) as free:
+                if free:
+                    _drop(conn, name)
+                    dropped.append(name)
+        return dropped
+
     def _drop_run(self, conn: Connection, run_key: str) -> list[str]:
         """Drop ``run_key``'s databases if no process of that run is left (nor joins meanwhile)."""
         with _locked_if_free(conn, self._lock_id(_RUN_LOCK, run_key)) as over:
@@ -481,8 +544,11 @@ class DatabaseJanitor:
                 f"cannot reach the {self.server.backend} server: {first_line(exc)}"
             ) from None
         row = conn.execute(
-            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+            "SELECT rolcreatedb OR rolsuper, extract(epoch FROM now())::float8"
+            " FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
+        if row:
+            self._clock_offset = float(row[1]) - time.time()
         if not (row and row[0]):
             conn.close()
             raise ServerUnavailable(
@@ -499,8 +565,15 @@ class DatabaseJanitor:
         assert self._conn is not None
         return self._conn
 
-    def _comment(self) -> str:
-        return f"{self._owner} kept" if self.keep else self._owner
+    def _comment(self, state: str | None = None) -> str:
+        """The comment of a database made now: the run's, the host's, the time, and ``state``
+        (by default "kept" for a run that keeps its databases)."""
+        state = state or ("kept" if self.keep else None)
+        comment = f"{self._owner} created={self._server_time()}"
+        return f"{comment} {state}" if state else comment
+
+    def _server_time(self) -> int:
+        return int(time.time() + self._clock_offset)
 
     def _comment_of(self, name: str) -> str | None:
         """``name``'s comment ("" without one), or None when there is no such database."""

@@ -124,6 +124,8 @@ def _pipeweave_janitor(
         janitor = DatabaseJanitor(pipeweave_server, session.run_key, keep=session.settings.keep)
         if session.settings.keep_failed:
             janitor.drop_failed_copies()
+        if session.settings.reap_after is not None and not pipeweave_server.ephemeral:
+            session.reaped = janitor.drop_older_than(session.settings.reap_after)
     yield janitor
     janitor.close()
 

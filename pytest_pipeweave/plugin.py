@@ -231,6 +231,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if template_note:
         line += f"; {template_note}"
     terminalreporter.write_line(line)
+    reaped = sorted({name for report in reports for name in report.reaped})
+    if reaped:
+        limit = PipeweaveSession.of(config).settings.reap_after
+        terminalreporter.write_line(
+            f"pipeweave: dropped {len(reaped)} databases of other runs made more than "
+            f"{limit:g} s ago (--pipeweave-reap-after): {', '.join(reaped)}"
+        )
     if first.reuse and not first.keep:
         terminalreporter.write_line(
             f"pipeweave: server kept for the next run with reuse; to stop it: {STOP_REUSED}"

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -45,12 +46,27 @@ def new_run_key() -> str:
 
 
 def run_key_for(run_id: str) -> str:
-    """The run key of a run that has an id already (pytest-xdist's ``testrunuid``, any text)."""
-    return hashlib.sha256(run_id.encode()).hexdigest()[:12]
+    """The run key of a run that has an id already (pytest-xdist's ``testrunuid``, any text),
+    on this host: CI shards handed one id on many hosts still get keys of their own."""
+    return _digest(f"{_this_host()} {run_id}")
+
+
+def _this_host() -> str:
+    """The host name and the kernel's boot id: hosts of one name (containers of one image)
+    on different machines differ by the second, containers of one machine by the first."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = ""
+    return f"{socket.gethostname()} {boot_id}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # The run folder of the server kept for reuse (--pipeweave-reuse): one per user and base folder.
-REUSE_KEY = run_key_for("reuse")
+REUSE_KEY = _digest("reuse")
 
 
 def base_path(parent: str | None) -> Path:

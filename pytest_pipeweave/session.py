@@ -41,6 +41,7 @@ class ServerReport:
     reuse: bool
     reused: bool
     replaced: str | None
+    reaped: list[str]  # other runs' databases dropped for their age (--pipeweave-reap-after)
     url: str  # never with the password: a kept server's is in the run's state file (0600)
     state_file: str
     stop: str
@@ -74,6 +75,7 @@ class PipeweaveSession:
         self.template_note: str | None = None  # with reuse: reused, or why it was rebuilt
         self.databases: list[str] = []
         self.kept = 0  # failed tests whose data this process kept (--pipeweave-keep-failed)
+        self.reaped: list[str] = []
 
     @classmethod
     def install(cls, config: pytest.Config, settings: Settings) -> PipeweaveSession:
@@ -143,6 +145,7 @@ class PipeweaveSession:
             reuse=state.keep and state.fingerprint is not None,
             reused=self.shared.reused,
             replaced=self.shared.replaced,
+            reaped=self.reaped,
             url=mask_url(info.url(self.databases[0] if self.databases else "postgres")),
             state_file=str(self.shared.run.path / STATE_FILE),
             stop=self.stop_hint(),

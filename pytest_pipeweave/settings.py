@@ -9,6 +9,7 @@ names the option or variable it came from, never silently a default.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -32,6 +33,23 @@ def _backend(value: str, source: str) -> str:
             f"unknown backend {value!r} ({source}): choose one of {', '.join(BACKEND_CHOICES)}"
         )
     return value
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str, source: str) -> float:
+    """Seconds, from a duration such as ``90s``, ``30m``, ``6h``, ``2d`` or ``1h30m``."""
+    text = value.strip().lower()
+    parts = _DURATION_PART.findall(text)
+    seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    if not parts or "".join(n + u for n, u in parts) != text or seconds <= 0:
+        raise ConfigError(
+            f"not a duration: {value!r} ({source}): give a number and a unit, "
+            "e.g. 90s, 30m, 6h or 2d"
+        )
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,14 @@ SETTINGS = (
         "on that server, and print its address",
     ),
     Setting(
+        "reap_after",
+        "PIPEWEAVE_REAP_AFTER",
+        "on a server that outlives runs (url backend), also drop this plugin's databases older "
+        "than this (e.g. 6h), from any host, even when their run looks alive (default: only "
+        "those of runs known to be over)",
+        parse_duration,
+    ),
+    Setting(
         "tmpdir",
         "PIPEWEAVE_TMPDIR",
         "parent of the servers' folders (default /dev/shm when writable, else the temp folder)",
@@ -132,6 +158,7 @@ class Settings:
     recreate: bool = False
     strict: bool = False
     keep_failed: bool = False
+    reap_after: float | None = None
     tmpdir: str | None = None
     server_user: str | None = None
     docker_host: str | None = None

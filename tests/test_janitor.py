@@ -11,9 +11,12 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pipeweave_db import ArgumentError
 from pytest_pipeweave import DatabaseJanitor, ServerInfo, new_run_key
+from pytest_pipeweave.databases import TemplateKey
+from pytest_pipeweave.processes import wait_until
 
 
 @pytest.fixture
@@ -99,3 +102,59 @@ def test_kept_databases_and_strangers_are_never_dropped(
 def test_a_run_key_is_twelve_hex_digits(users_server: ServerInfo) -> None:
     with pytest.raises(ArgumentError, match=r"^run_key must be 12 hex digits"):
         DatabaseJanitor(users_server, "../etc")
+
+
+# Older than anything of the outer run on this server, so that the limit reaches only the
+# databases the test ages.
+LONG_AGO = 10**8
+LIMIT = 10**7
+
+
+def made_long_ago(server: ServerInfo, name: str) -> None:
+    """Rewrite ``name``'s comment as if it had been made LONG_AGO seconds earlier."""
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            [name],
+        ).fetchone()
+        assert row is not None
+        made = row[0].split("created=")[1].split()[0]
+        comment = row[0].replace(f"created={made}", f"created={int(made) - LONG_AGO}")
+        conn.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(name), sql.Literal(comment)
+            )
+        )
+
+
+def test_an_age_limit_drops_what_is_older_even_of_live_runs_and_nothing_else(
+    users_server: ServerInfo, janitors: list[DatabaseJanitor]
+) -> None:
+    live, young, kept = (
+        DatabaseJanitor(users_server, new_run_key()),
+        DatabaseJanitor(users_server, new_run_key()),
+        DatabaseJanitor(users_server, new_run_key(), keep=True),
+    )
+    in_use = DatabaseJanitor(users_server, new_run_key())
+    janitors += [live, young, kept, in_use]
+    old, young_template, kept_template = (j.template().name for j in (live, young, kept))
+    reusable = in_use.template(reuse=TemplateKey.of(users_server, None, "aged")).name
+    stranger = "pytest_pipeweave_000000000000_no_time"
+    with psycopg.connect(users_server.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{stranger}"')
+        conn.execute(
+            f"COMMENT ON DATABASE \"{stranger}\" IS 'pytest-pipeweave run=000000000000 host=x kept'"
+        )
+    reaper = DatabaseJanitor(users_server, new_run_key())
+    janitors.append(reaper)
+    own = reaper.template().name
+    for name in (old, kept_template, reusable, own):
+        made_long_ago(users_server, name)
+
+    assert sorted(reaper.drop_older_than(LIMIT)) == sorted([old, kept_template])
+    assert {young_template, reusable, stranger, own} <= names(users_server)
+    in_use.close()
+    # Its backend lets go of the lock once it has seen the connection close.
+    dropped: list[str] = []
+    assert wait_until(lambda: dropped.extend(reaper.drop_older_than(LIMIT)) or dropped, 10)
+    assert dropped == [reusable], "once no run uses it"

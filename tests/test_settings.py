@@ -58,6 +58,24 @@ def test_anything_else_is_refused_naming_where_it_came_from() -> None:
         Settings.resolve(environ={"PIPEWEAVE_BACKEND": "oracle"})
 
 
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("6h", 21600), ("1.5h", 5400), ("1h30m", 5400), ("2D", 172800)],
+)
+def test_an_age_limit_is_a_duration(text: str, seconds: float) -> None:
+    assert Settings.resolve(environ={"PIPEWEAVE_REAP_AFTER": text}).reap_after == seconds
+
+
+@pytest.mark.parametrize("text", ["6", "6 hours", "h", "0s", "-1h", "1h 30m", "6hh", "6y"])
+def test_anything_else_is_not_an_age_limit(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.resolve(environ={"PIPEWEAVE_REAP_AFTER": text})
+    assert str(caught.value) == (
+        f"not a duration: {text!r} (PIPEWEAVE_REAP_AFTER): give a number and a unit, "
+        "e.g. 90s, 30m, 6h or 2d"
+    )
+
+
 def test_repr_masks_the_password() -> None:
     settings = Settings.resolve(
         environ={"PIPEWEAVE_TEST_DATABASE_URL": "postgresql://u:s3cret@h/d"}
