@@ -1,0 +1,200 @@
+"""Faults at start-up: each is one line naming the cause and what to do, no traceback, a
+non-zero exit, and nothing left behind (no server process, no run folder).
+
+The servers' folder (PIPEWEAVE_TMPDIR) is a small tmpfs each test mounts (as root) and
+unmounts, whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers import leftovers
+
+from pytest_pipeweave import LocalServer
+from pytest_pipeweave.processes import wait_until
+from pytest_pipeweave.runs import base_dir
+from pytest_pipeweave.servers.binaries import find_pg_bin
+
+pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
+
+DB_TEST = """
+def test_db(pipeweave_database):
+    pass
+"""
+SHM = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+needs_binaries = pytest.mark.skipif(find_pg_bin() is None, reason="no PostgreSQL binaries")
+
+
+def servers_parent() -> Path:
+    """A folder of the test's own that the server user can reach (pytest's are 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="pwf-", dir=SHM))
+    folder.chmod(0o755)
+    return folder
+
+
+@pytest.fixture
+def own_folder() -> Iterator[Path]:
+    folder = servers_parent()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def mount_tmpfs() -> Iterator[Callable[..., Path]]:
+    """Mount small tmpfs file systems on folders of the test's own; unmounted afterwards."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mounted: list[Path] = []
+
+    def mount(size: str = "1m", *, read_only: bool = False) -> Path:
+        folder = servers_parent()
+        options = f"size={size},mode=0755" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            folder.rmdir()
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(folder)], check=True)
+        folder.rmdir()
+
+
+def fill(folder: Path, leave: int = 0) -> None:
+    """Fill ``folder``'s file system, leaving about ``leave`` bytes free."""
+    stats = os.statvfs(folder)
+    size = max(stats.f_bavail * stats.f_frsize - leave, 0)
+    with open(folder / "filler", "wb") as filler:
+        try:
+            for _ in range(0, size, 2**20):
+                filler.write(b"\0" * min(2**20, size))
+                size -= 2**20
+        except OSError:
+            pass
+
+
+def run(
+    pytester: pytest.Pytester, tmpdir: Path | None, *args: str, **env: str
+) -> tuple[pytest.RunResult, float]:
+    """An inner run of DB_TEST with PIPEWEAVE_TMPDIR=tmpdir; its result, and its time."""
+    pytester.makepyfile(DB_TEST)
+    if tmpdir is not None:
+        env["PIPEWEAVE_TMPDIR"] = str(tmpdir)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        started = time.monotonic()
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
+        return result, time.monotonic() - started
+
+
+def assert_one_line(result: pytest.RunResult, *parts: str) -> str:
+    """The run failed with one ``pipeweave:`` line holding every one of ``parts``, and
+    printed no traceback."""
+    output = result.outlines + result.errlines
+    text = "\n".join(output)
+    assert result.ret not in (0, pytest.ExitCode.INTERNAL_ERROR), text
+    assert "Traceback" not in text and "INTERNALERROR" not in text, text
+    lines = [line for line in output if line.startswith("pipeweave: ") and parts[0] in line]
+    assert lines, text
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_nothing_left(tmpdir: Path) -> None:
+    assert wait_until(lambda: leftovers(tmpdir) == ([], []), 10), leftovers(tmpdir)
+
+
+# -- the servers' folder ---------------------------------------------------------------------
+
+
+@needs_binaries
+def test_a_full_servers_folder_stops_initdb_in_one_line(
+    pytester: pytest.Pytester, mount_tmpfs: Callable[..., Path]
+) -> None:
+    tmpdir = mount_tmpfs("1m")  # no cached cluster: initdb runs, and runs out of room
+    result, _ = run(pytester, tmpdir, "--pipeweave-backend=local")
+    assert_one_line(
+        result, "no space left on the file system", f"mounted at {tmpdir}", "PIPEWEAVE_TMPDIR"
+    )
+    assert_nothing_left(tmpdir)
+
+
+@needs_binaries
+def test_a_servers_folder_too_full_for_the_run_state_is_one_line(
+    pytester: pytest.Pytester, mount_tmpfs: Callable[..., Path]
+) -> None:
+    tmpdir = mount_tmpfs("1m")
+    base_dir(str(tmpdir))
+    fill(tmpdir)
+    result, _ = run(pytester, tmpdir, "--pipeweave-backend=local")
+    assert_one_line(result, "no space left on the file system", "PIPEWEAVE_TMPDIR")
+    assert_nothing_left(tmpdir)
+
+
+@needs_binaries
+def test_no_room_to_copy_the_cached_cluster_is_one_line(
+    pytester: pytest.Pytester, mount_tmpfs: Callable[..., Path]
+) -> None:
+    tmpdir = mount_tmpfs("96m")
+    base = base_dir(str(tmpdir))
+    bin_dir = find_pg_bin()
+    assert bin_dir is not None
+    warm = LocalServer(bin_dir, base / "warm-up", cache_dir=base / "cache")
+    warm.start()
+    warm.stop()
+    assert any((base / "cache").glob("cluster-*")), "the next start copies the cached cluster"
+    fill(tmpdir, leave=2 * 2**20)
+    result, _ = run(pytester, tmpdir, "--pipeweave-backend=local")
+    assert_one_line(result, "no space left on the file system", "PIPEWEAVE_TMPDIR")
+    assert_nothing_left(tmpdir)
+
+
+@needs_binaries
+def test_a_read_only_servers_folder_is_one_line(
+    pytester: pytest.Pytester, mount_tmpfs: Callable[..., Path]
+) -> None:
+    tmpdir = mount_tmpfs(read_only=True)
+    result, _ = run(pytester, tmpdir, "--pipeweave-backend=local")
+    assert_one_line(result, "is on a read-only file system", "PIPEWEAVE_TMPDIR")
+
+
+@needs_binaries
+def test_a_servers_folder_turned_read_only_is_one_line(
+    pytester: pytest.Pytester, mount_tmpfs: Callable[..., Path]
+) -> None:
+    # Our base folder exists (an earlier run made it), then the file system goes read-only.
+    tmpdir = mount_tmpfs()
+    base_dir(str(tmpdir))
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpdir)], check=True)
+    result, _ = run(pytester, tmpdir, "--pipeweave-backend=local")
+    assert_one_line(result, "is on a read-only file system", "PIPEWEAVE_TMPDIR")
+
+
+@needs_binaries
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as another user only as root")
+def test_a_servers_folder_the_server_user_cannot_enter_is_one_line(
+    pytester: pytest.Pytester, own_folder: Path
+) -> None:
+    own_folder.chmod(0o700)  # ours (root's), closed to the postgres user
+    result, _ = run(pytester, own_folder, "--pipeweave-backend=local")
+    assert_one_line(
+        result, "cannot reach", f"{own_folder} does not let it through", f"chmod o+x {own_folder}"
+    )
+    assert_nothing_left(own_folder)
