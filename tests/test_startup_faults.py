@@ -2,7 +2,8 @@
 non-zero exit, and nothing left behind (no server process, no run folder).
 
 The servers' folder (PIPEWEAVE_TMPDIR) is a small tmpfs each test mounts (as root) and
-unmounts, whatever happens.
+unmounts, whatever happens; a server that cannot start is postgres asked for far more shared
+memory than the machine has.
 """
 
 from __future__ import annotations
@@ -197,4 +198,43 @@ def test_a_servers_folder_the_server_user_cannot_enter_is_one_line(
     assert_one_line(
         result, "cannot reach", f"{own_folder} does not let it through", f"chmod o+x {own_folder}"
     )
+    assert_nothing_left(own_folder)
+
+
+# -- a server that does not start ------------------------------------------------------------
+
+
+def too_much_memory() -> str:
+    """A shared_buffers this machine cannot map: four times its memory and swap."""
+    if Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1":
+        pytest.skip("the kernel overcommits any amount: no shared_buffers is too large")
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    kilobytes = sum(int(meminfo[key].split()[0]) for key in ("MemTotal", "SwapTotal"))
+    return f"{4 * kilobytes // 2**20 + 1}GB"
+
+
+@needs_binaries
+def test_a_server_that_does_not_start_shows_the_end_of_its_log(
+    pytester: pytest.Pytester, own_folder: Path
+) -> None:
+    # The plugin takes no server settings: a postgres of the test's own adds one to each start.
+    bin_dir = find_pg_bin()
+    wrapped = own_folder / "bin"
+    wrapped.mkdir(mode=0o755)
+    (wrapped / "initdb").symlink_to(bin_dir / "initdb")  # type: ignore[operator]
+    (wrapped / "postgres").write_text(
+        f'#!/bin/sh\nexec {bin_dir}/postgres "$@" -c shared_buffers={too_much_memory()}\n'
+    )
+    (wrapped / "postgres").chmod(0o755)
+    result, _ = run(
+        pytester, own_folder, "--pipeweave-backend=local", f"--pipeweave-pg-bin={wrapped}"
+    )
+    line = assert_one_line(
+        result,
+        "postgres did not start: FATAL: could not map anonymous shared memory",
+        "HINT:",
+        "reducing shared_buffers",
+        "(the end of its log)",
+    )
+    assert "[" not in line.split("FATAL", 1)[1], "no timestamps or pids from the log"
     assert_nothing_left(own_folder)

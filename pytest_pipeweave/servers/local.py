@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -172,9 +173,7 @@ class LocalServer:
             if self._wait_ready(port):
                 break
             if fixed_port or "could not bind" not in self.log_tail():
-                raise ServerUnavailable(
-                    f"postgres did not start ({self.log_file}):\n{self.log_tail()}"
-                )
+                raise ServerUnavailable(f"postgres did not start: {self._log_summary()}")
         else:
             raise ServerUnavailable(f"postgres found no free port ({self.log_file})")
         self.port = port
@@ -228,9 +227,7 @@ class LocalServer:
             raise ServerUnavailable(f"postgres (pid {self._process.pid}) is still running")
         self._launch(bin_dir, self.port, user)
         if not self._wait_ready(self.port):
-            raise ServerUnavailable(
-                f"postgres did not restart ({self.log_file}):\n{self.log_tail()}"
-            )
+            raise ServerUnavailable(f"postgres did not restart: {self._log_summary()}")
 
     def is_alive(self) -> bool:
         """Running, and with its data: a server whose folder was removed is on its way out."""
@@ -255,6 +252,11 @@ class LocalServer:
         except OSError:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
+
+    def _log_summary(self) -> str:
+        """The end of the server's log as one line, for an error: the log goes with the
+        server's folder, so this is what the user will see of it."""
+        return f"{summarize_log(self.log_tail())} (the end of its log)"
 
     # -- internals ----------------------------------------------------------------------
 
@@ -303,7 +305,7 @@ class LocalServer:
             output = (out.stderr or out.stdout).strip()
             if "No space left on device" in output:
                 raise FolderUnusable(self.workdir, code=errno.ENOSPC)
-            raise ServerUnavailable(f"initdb failed: {output}")
+            raise ServerUnavailable(f"initdb failed: {summarize_log(output)}")
 
     def _launch(self, bin_dir: Path, port: int, user: ServerUser) -> None:
         args = [
@@ -369,6 +371,19 @@ class LocalServer:
         data = str(self.data_dir)
         # One argument each on Linux; one joined string from ps elsewhere.
         return any(arg == data or f"-D {data} " in f"{arg} " for arg in process_arguments(pid))
+
+
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+ \S+ \[\d+\] ")
+_SEVERE = ("FATAL:", "PANIC:", "ERROR:", "DETAIL:", "HINT:")
+
+
+def summarize_log(text: str, lines: int = 4) -> str:
+    """The last lines of a PostgreSQL log (or initdb's output) joined into one line: its
+    errors and their hints if it has any, else its last lines; without timestamps."""
+    entries = [_LOG_PREFIX.sub("", line).strip() for line in text.strip().splitlines()]
+    entries = [" ".join(entry.split()) for entry in entries if entry]
+    severe = [entry for entry in entries if entry.startswith(_SEVERE)]
+    return " | ".join((severe or entries)[-lines:]) or "its log is empty"
 
 
 def _first_closed_folder(path: Path, user: ServerUser) -> Path:
