@@ -3,7 +3,7 @@ non-zero exit, and nothing left behind (no server process, no run folder).
 
 The servers' folder (PIPEWEAVE_TMPDIR) is a small tmpfs each test mounts (as root) and
 unmounts, whatever happens; a server that cannot start is postgres asked for far more shared
-memory than the machine has.
+memory than the machine has; a url points where no server listens.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from helpers import leftovers
 
-from pytest_pipeweave import LocalServer
+from pytest_pipeweave import LocalServer, ServerUnavailable, ephemeral_server
 from pytest_pipeweave.processes import wait_until
 from pytest_pipeweave.runs import base_dir
 from pytest_pipeweave.servers.binaries import find_pg_bin
+from pytest_pipeweave.servers.local import free_port
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
 
@@ -238,3 +239,38 @@ def test_a_server_that_does_not_start_shows_the_end_of_its_log(
     )
     assert "[" not in line.split("FATAL", 1)[1], "no timestamps or pids from the log"
     assert_nothing_left(own_folder)
+
+
+# -- a url where no server runs --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["tcp", "socket"])
+def test_a_url_where_no_server_runs_fails_fast_in_one_line(
+    pytester: pytest.Pytester, tmp_path: Path, where: str
+) -> None:
+    if where == "tcp":
+        url, reason = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/postgres", "refused"
+    else:
+        url, reason = f"postgresql://postgres:hunter2@/postgres?host={tmp_path}", "No such file"
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailable, match=reason), ephemeral_server(backend="url", url=url):
+        pass
+    seconds = time.monotonic() - started
+    assert seconds < 3, f"{seconds:.1f} s to say the server is down"
+
+    result, _ = run(pytester, None, PIPEWEAVE_BACKEND="url", PIPEWEAVE_TEST_DATABASE_URL=url)
+    line = assert_one_line(
+        result,
+        "cannot reach the server at postgresql://postgres:***@",
+        reason,
+        "is a server running there? Start it, or fix PIPEWEAVE_TEST_DATABASE_URL",
+    )
+    assert "hunter2" not in "\n".join(result.outlines + result.errlines), line
+    # The whole inner run, pytest's own start included, on a busy machine: no long wait.
+    assert re_seconds(result) < 5, result.outlines[-1]
+
+
+def re_seconds(result: pytest.RunResult) -> float:
+    """The time pytest's last line reports (``1 error in 0.95s``)."""
+    last = result.outlines[-1]
+    return float(last.rsplit(" in ", 1)[1].split("s", 1)[0])
