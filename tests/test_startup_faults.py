@@ -3,14 +3,17 @@ non-zero exit, and nothing left behind (no server process, no run folder).
 
 The servers' folder (PIPEWEAVE_TMPDIR) is a small tmpfs each test mounts (as root) and
 unmounts, whatever happens; a server that cannot start is postgres asked for far more shared
-memory than the machine has; a url points where no server listens.
+memory than the machine has; a url points where no server listens; Ctrl-C reaches a ``-n 2``
+run's whole process group, as it does in a terminal, at each step of its start-up.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -274,3 +277,85 @@ def re_seconds(result: pytest.RunResult) -> float:
     """The time pytest's last line reports (``1 error in 0.95s``)."""
     last = result.outlines[-1]
     return float(last.rsplit(" in ", 1)[1].split("s", 1)[0])
+
+
+# -- Ctrl-C in a -n 2 run's start-up ---------------------------------------------------------
+
+# Each moment: a file the inner run creates when it gets there (or a path that appears).
+CTRL_C_CONFTEST = """
+import os, pathlib, time
+import pytest
+
+MARKS = pathlib.Path(os.environ["PWF_MARKS"])
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        (MARKS / f"worker-{config.workerinput['workerid']}").write_text("")
+
+@pytest.fixture(scope="session")
+def pipeweave_template_setup():
+    def setup(db):
+        (MARKS / "template").write_text("")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    return setup if os.environ.get("PWF_SLOW_TEMPLATE") else None
+"""
+CTRL_C_TESTS = """
+import os, pathlib, time
+
+def test_wait(pipeweave_database):
+    (pathlib.Path(os.environ["PWF_MARKS"]) / "test").write_text("")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+
+def test_other(pipeweave_database):
+    test_wait(pipeweave_database)
+"""
+
+
+@needs_binaries
+@pytest.mark.parametrize("moment", ["workers", "initdb", "server", "template", "test"])
+def test_ctrl_c_in_a_two_worker_start_up_leaves_nothing_behind(
+    pytester: pytest.Pytester, own_folder: Path, tmp_path: Path, moment: str
+) -> None:
+    pytest.importorskip("xdist")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    pytester.makeconftest(CTRL_C_CONFTEST)
+    pytester.makepyfile(CTRL_C_TESTS)
+    base = own_folder / f"pytest-pipeweave-{os.getuid()}"
+    reached: dict[str, Callable[[], bool]] = {
+        # Both workers configured: nothing started yet.
+        "workers": lambda: len(list(marks.glob("worker-*"))) == 2,
+        # A fresh folder has no cached cluster: initdb runs.
+        "initdb": lambda: any(base.glob("run-*/local/data")),
+        "server": lambda: any(base.glob("run-*/local/socket/.s.PGSQL.*")),
+        "template": (marks / "template").exists,
+        "test": (marks / "test").exists,
+    }
+    env = {
+        **os.environ,
+        "PIPEWEAVE_TMPDIR": str(own_folder),
+        "PWF_MARKS": str(marks),
+        **({"PWF_SLOW_TEMPLATE": "1"} if moment == "template" else {}),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2"],
+        cwd=pytester.path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: Ctrl-C goes to all of it
+    )
+    try:
+        assert wait_until(reached[moment], 60, interval=0.002), moment
+    except AssertionError:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(process.communicate(timeout=30)[0]) from None
+    os.killpg(process.pid, signal.SIGINT)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode != 0, out
+    assert_nothing_left(own_folder)
