@@ -7,6 +7,10 @@ Bad settings raise ``pipeweave_db.ConfigError``, naming the option or variable.
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 from pipeweave_db.errors import PipeweaveError
 
 
@@ -38,6 +42,47 @@ class BinariesNotFound(ServerUnavailable):
                 "postgres (--pipeweave-pg-bin, PIPEWEAVE_PG_BIN)"
             )
         super().__init__(message)
+
+
+class FolderUnusable(ServerUnavailable):
+    """The servers' folder (PIPEWEAVE_TMPDIR) cannot hold a server: full, read-only, closed.
+
+    Built from the ``OSError`` a write in ``path`` raised, or from ``errno`` alone when a
+    child process (initdb, cp) reported it.
+    """
+
+    kind = "folder_unusable"
+
+    def __init__(self, path: Path, exc: OSError | None = None, *, code: int | None = None) -> None:
+        self.path = path
+        code = code if code is not None else (exc.errno if exc is not None else None)
+        elsewhere = "or set PIPEWEAVE_TMPDIR to another folder"
+        if code == errno.ENOSPC:
+            message = (
+                f"no space left on the file system of {path} ({_file_system(path)}): "
+                f"free some (a server needs about 100 MB), {elsewhere}"
+            )
+        elif code == errno.EROFS:
+            message = f"{path} is on a read-only file system: remount it read-write, {elsewhere}"
+        elif code in (errno.EACCES, errno.EPERM):
+            message = f"no permission to write in {path}: {elsewhere}"
+        else:
+            reason = exc.strerror if exc is not None and exc.strerror else os.strerror(code or 0)
+            message = f"cannot use {path} for the servers' folders ({reason}): {elsewhere}"
+        super().__init__(message)
+
+
+def _file_system(path: Path) -> str:
+    """Its size and mount point, e.g. ``1.0 MB, mounted at /mnt/small``."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    try:
+        stats = os.statvfs(existing)
+        mount, device = existing, existing.stat().st_dev
+        while mount.parent != mount and mount.parent.stat().st_dev == device:
+            mount = mount.parent
+    except OSError:
+        return "its size unknown"
+    return f"{stats.f_blocks * stats.f_frsize / 2**20:.1f} MB, mounted at {mount}"
 
 
 class ServerGone(PluginError):

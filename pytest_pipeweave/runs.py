@@ -28,7 +28,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from pytest_pipeweave.errors import ServerUnavailable
+from pytest_pipeweave.errors import FolderUnusable, ServerUnavailable
 from pytest_pipeweave.processes import ProcessId
 from pytest_pipeweave.servers import ServerInfo, server_from_state
 
@@ -86,17 +86,15 @@ def base_dir(parent: str | None = None) -> Path:
     try:
         path.mkdir(mode=0o755, exist_ok=True)
         info = path.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise ServerUnavailable(
+                f"{path} is not a folder owned by uid {os.getuid()}: refusing to use it "
+                "(set PIPEWEAVE_TMPDIR elsewhere)"
+            )
+        if stat.S_IMODE(info.st_mode) != 0o755:
+            path.chmod(0o755)
     except OSError as exc:
-        raise ServerUnavailable(
-            f"cannot use {path} for the servers' folders ({exc.strerror}): "
-            "set PIPEWEAVE_TMPDIR to a writable folder"
-        ) from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise ServerUnavailable(
-            f"{path} is not a folder owned by uid {os.getuid()}: refusing to use it "
-            "(set PIPEWEAVE_TMPDIR elsewhere)"
-        )
-    path.chmod(0o755)
+        raise FolderUnusable(path, exc) from None
     return path
 
 

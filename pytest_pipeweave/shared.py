@@ -15,10 +15,13 @@ run is never replaced: this run gets one of its own instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import time
 from pathlib import Path
 
+from pytest_pipeweave.errors import FolderUnusable
 from pytest_pipeweave.processes import ProcessId
 from pytest_pipeweave.runs import (
     REUSE_KEY,
@@ -29,8 +32,17 @@ from pytest_pipeweave.runs import (
     new_run_key,
     remove_dead_runs,
 )
-from pytest_pipeweave.servers import ServerInfo, create_server, describe_backend, server_from_state
+from pytest_pipeweave.servers import (
+    Server,
+    ServerInfo,
+    create_server,
+    describe_backend,
+    server_from_state,
+)
 from pytest_pipeweave.settings import Settings
+
+# What a write in the servers' folder fails with when the folder, not the code, is at fault.
+FOLDER_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class SharedServer:
@@ -57,8 +69,19 @@ class SharedServer:
         return self.state.info
 
     def acquire(self) -> ServerInfo:
-        """The run's server, started now if no process of the run has started it yet."""
+        """The run's server, started now if no process of the run has started it yet.
+
+        A servers' folder that is full, read-only or closed to us is one ``FolderUnusable``.
+        """
         base_dir(self.settings.tmpdir)
+        try:
+            return self._acquire()
+        except OSError as exc:
+            if exc.errno not in FOLDER_ERRORS:
+                raise
+            raise FolderUnusable(self.base, exc) from None
+
+    def _acquire(self) -> ServerInfo:
         with self.run.lock:
             state = self.run.read_state() or RunState()
             fingerprint = describe_backend(self.settings) if self.settings.reuse else None
@@ -104,28 +127,38 @@ class SharedServer:
         for owner in (self.co_owner, self.me):
             if owner is not None:
                 state.add_owner(owner)
-        self.run.write_state(state)
         started = time.perf_counter()
         try:
+            self.run.write_state(state)
             info = server.start()
+            state.server = server.to_state()
+            # A server kept for reuse outlives runs: each run drops its own databases on it.
+            state.info = dataclasses.replace(
+                info, folder=str(self.run.path), ephemeral=info.ephemeral and fingerprint is None
+            )
+            state.startup_seconds = round(time.perf_counter() - started, 3)
+            state.warm_start = getattr(server, "warm_start", None)
+            self.run.write_state(state)
         except BaseException:
-            server.stop()
-            state.server = None
-            if state.remove_owner(self.me):
-                self.run.write_state(state)
-            else:
-                self.run.remove()
+            self._abandon(server, state)
             raise
-        state.server = server.to_state()
-        # A server kept for reuse outlives runs: each run drops its own databases on it.
-        state.info = dataclasses.replace(
-            info, folder=str(self.run.path), ephemeral=info.ephemeral and fingerprint is None
-        )
-        state.startup_seconds = round(time.perf_counter() - started, 3)
-        state.warm_start = getattr(server, "warm_start", None)
-        self.run.write_state(state)
         self.state = state
         return state.info
+
+    def _abandon(self, server: Server, state: RunState) -> None:
+        """After a failed start: stop what started, and leave the run's folder only to its
+        other owners (the xdist controller), or remove it."""
+        with contextlib.suppress(Exception):
+            server.stop()
+        state.server = None
+        state.info = None
+        try:
+            if state.remove_owner(self.me):
+                self.run.write_state(state)
+                return
+        except OSError:
+            pass
+        self.run.remove()
 
     def release(self, owner: ProcessId | None = None) -> None:
         """Leave the run (as ``owner``, by default this process); the last owner out stops

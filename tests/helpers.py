@@ -34,6 +34,20 @@ def kill_server(server: LocalServer) -> None:
     assert wait_until(lambda: not any(process_alive(pid) for pid in pids), 10)
 
 
+def leftovers(tmpdir: Path) -> tuple[list[Path], list[int]]:
+    """Run folders under our base folder in ``tmpdir`` (PIPEWEAVE_TMPDIR), and the processes
+    (postgres servers) whose command line names anything in it."""
+    runs = [p for p in tmpdir.glob("pytest-pipeweave-*/run-*") if p.is_dir()]
+    servers = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(tmpdir).encode() in cmdline.read_bytes():
+                servers.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return runs, servers
+
+
 def give_to_server_user(path: Path, mode: int) -> None:
     path.chmod(mode)
     server_user().chown(path)

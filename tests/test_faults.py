@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import INSERT_CACHE_ROWS, kill_server
+from helpers import INSERT_CACHE_ROWS, kill_server, leftovers
 
 from pipeweave_db import Database, DatabaseConfig, cleanup, create_database
 from pytest_pipeweave import LocalServer, ServerInfo
@@ -147,19 +147,6 @@ def test_an_interrupted_cleanup_leaves_consistent_tables_and_a_rerun_finishes(
 
 
 # -- Ctrl-C in a test run ------------------------------------------------------------------
-
-
-def leftovers(tmpdir: Path) -> tuple[list[Path], list[int]]:
-    """Run folders under our base folder, and postgres processes serving anything in it."""
-    runs = [p for p in tmpdir.glob("pytest-pipeweave-*/run-*") if p.is_dir()]
-    servers = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if str(tmpdir).encode() in cmdline.read_bytes():
-                servers.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return runs, servers
 
 
 @pytest.mark.parametrize("moment", ["start-up", "test"])

@@ -9,6 +9,7 @@ once to where it can.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import glob
 import hashlib
@@ -191,8 +192,21 @@ def runnable_by(binary: Path, user: ServerUser, *args: str) -> bool:
 
 
 def copy_tree(source: Path, target: Path) -> None:
-    """``cp -a`` (ownership and modes kept, and much faster than shutil), else shutil."""
-    if shutil.which("cp"):
-        subprocess.run(["cp", "-a", str(source), str(target)], check=True)
-    else:
-        shutil.copytree(source, target, symlinks=True)
+    """``cp -a`` (ownership and modes kept, and much faster than shutil), else shutil.
+
+    A failed copy is removed and raised as ``OSError`` (ENOSPC when cp said so).
+    """
+    try:
+        if shutil.which("cp"):
+            out = subprocess.run(
+                ["cp", "-a", str(source), str(target)], capture_output=True, text=True
+            )
+            if out.returncode != 0:
+                code = errno.ENOSPC if "No space left" in out.stderr else errno.EIO
+                message = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "cp failed"
+                raise OSError(code, message, str(target))
+        else:
+            shutil.copytree(source, target, symlinks=True)
+    except OSError:
+        shutil.rmtree(target, ignore_errors=True)
+        raise

@@ -8,8 +8,10 @@ is polled on its socket. Which binaries, and as which user, is ``binaries``' to 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_pipeweave.errors import BinariesNotFound, ServerUnavailable
+from pytest_pipeweave.errors import BinariesNotFound, FolderUnusable, ServerUnavailable
 from pytest_pipeweave.processes import process_alive, process_arguments, wait_until
 from pytest_pipeweave.servers.base import RunIsDead, ServerInfo
 from pytest_pipeweave.servers.binaries import (
@@ -155,9 +157,10 @@ class LocalServer:
         self.workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.workdir.chmod(0o755)
         if not runnable_by(Path("/bin/test"), user, "-x", str(self.workdir)):
+            closed = _first_closed_folder(self.workdir, user)
             raise ServerUnavailable(
-                f"the server user {user.name} cannot reach {self.workdir}: a parent folder "
-                "does not let it through (chmod o+x), or set PIPEWEAVE_TMPDIR elsewhere"
+                f"the server user {user.name} cannot reach {self.workdir}: {closed} does not "
+                f"let it through (chmod o+x {closed}), or set PIPEWEAVE_TMPDIR elsewhere"
             )
         bin_dir = usable_bin_dir(self.bin_dir, user, self.cache_dir)
         self._prepare_data_dir(bin_dir, build_id(bin_dir), user)
@@ -170,9 +173,7 @@ class LocalServer:
             if self._wait_ready(port):
                 break
             if fixed_port or "could not bind" not in self.log_tail():
-                raise ServerUnavailable(
-                    f"postgres did not start ({self.log_file}):\n{self.log_tail()}"
-                )
+                raise ServerUnavailable(f"postgres did not start: {self._log_summary()}")
         else:
             raise ServerUnavailable(f"postgres found no free port ({self.log_file})")
         self.port = port
@@ -226,9 +227,7 @@ class LocalServer:
             raise ServerUnavailable(f"postgres (pid {self._process.pid}) is still running")
         self._launch(bin_dir, self.port, user)
         if not self._wait_ready(self.port):
-            raise ServerUnavailable(
-                f"postgres did not restart ({self.log_file}):\n{self.log_tail()}"
-            )
+            raise ServerUnavailable(f"postgres did not restart: {self._log_summary()}")
 
     def is_alive(self) -> bool:
         """Running, and with its data: a server whose folder was removed is on its way out."""
@@ -254,6 +253,11 @@ class LocalServer:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
+    def _log_summary(self) -> str:
+        """The end of the server's log as one line, for an error: the log goes with the
+        server's folder, so this is what the user will see of it."""
+        return f"{summarize_log(self.log_tail())} (the end of its log)"
+
     # -- internals ----------------------------------------------------------------------
 
     def _prepare_data_dir(self, bin_dir: Path, build: str, user: ServerUser) -> None:
@@ -270,17 +274,21 @@ class LocalServer:
         else:
             self._initdb(bin_dir, user)
             if cached is not None:
-                self.cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)  # type: ignore[union-attr]
-                partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
-                copy_tree(self.data_dir, partial)
-                try:
-                    partial.rename(cached)
-                except OSError:  # another run cached it first
-                    shutil.rmtree(partial, ignore_errors=True)
+                self._fill_cache(cached)
         if self.hba is not None:
             hba_file = self.data_dir / "pg_hba.conf"
             hba_file.write_text(self.hba)
             user.chown(hba_file)
+
+    def _fill_cache(self, cached: Path) -> None:
+        """Keep the fresh cluster for the next runs; without room for it, run without."""
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+        try:
+            cached.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            copy_tree(self.data_dir, partial)
+            partial.rename(cached)
+        except OSError:  # another run cached it first, or no room
+            shutil.rmtree(partial, ignore_errors=True)
 
     def _initdb(self, bin_dir: Path, user: ServerUser) -> None:
         self.data_dir.mkdir(mode=0o700)
@@ -294,7 +302,10 @@ class LocalServer:
             **user.popen_kwargs(),
         )
         if out.returncode != 0:
-            raise ServerUnavailable(f"initdb failed: {(out.stderr or out.stdout).strip()}")
+            output = (out.stderr or out.stdout).strip()
+            if "No space left on device" in output:
+                raise FolderUnusable(self.workdir, code=errno.ENOSPC)
+            raise ServerUnavailable(f"initdb failed: {summarize_log(output)}")
 
     def _launch(self, bin_dir: Path, port: int, user: ServerUser) -> None:
         args = [
@@ -360,6 +371,27 @@ class LocalServer:
         data = str(self.data_dir)
         # One argument each on Linux; one joined string from ps elsewhere.
         return any(arg == data or f"-D {data} " in f"{arg} " for arg in process_arguments(pid))
+
+
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+ \S+ \[\d+\] ")
+_SEVERE = ("FATAL:", "PANIC:", "ERROR:", "DETAIL:", "HINT:")
+
+
+def summarize_log(text: str, lines: int = 4) -> str:
+    """The last lines of a PostgreSQL log (or initdb's output) joined into one line: its
+    errors and their hints if it has any, else its last lines; without timestamps."""
+    entries = [_LOG_PREFIX.sub("", line).strip() for line in text.strip().splitlines()]
+    entries = [" ".join(entry.split()) for entry in entries if entry]
+    severe = [entry for entry in entries if entry.startswith(_SEVERE)]
+    return " | ".join((severe or entries)[-lines:]) or "its log is empty"
+
+
+def _first_closed_folder(path: Path, user: ServerUser) -> Path:
+    """The outermost folder on the way to ``path`` that ``user`` may not pass through."""
+    for folder in [*reversed(path.parents), path]:
+        if not runnable_by(Path("/bin/test"), user, "-x", str(folder)):
+            return folder
+    return path
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:

@@ -18,6 +18,9 @@ from pytest_pipeweave.servers.base import RunIsDead, ServerInfo
 if TYPE_CHECKING:
     from pytest_pipeweave.settings import Settings
 
+# What libpq says when nothing listens at the address (TCP) or no socket is in the folder.
+_SERVER_DOWN = ("Connection refused", "No such file or directory", "timeout expired")
+
 
 class ExistingServer:
     """A server reached through a URL."""
@@ -66,8 +69,11 @@ class ExistingServer:
             with psycopg.connect(info.admin_url, connect_timeout=10) as conn:
                 version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
         except psycopg.Error as exc:
+            reason = first_line(exc)
+            if any(sign in reason for sign in _SERVER_DOWN):
+                reason += f": is a server running there? Start it, or fix {self.source}"
             raise ServerUnavailable(
-                f"cannot reach the server at {mask_url(self.url)}: {first_line(exc)}"
+                f"cannot reach the server at {mask_url(self.url)}: {reason}"
             ) from None
         return dataclasses.replace(info, version=version)
 
