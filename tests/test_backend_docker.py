@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -318,3 +319,103 @@ def test_reuse_keeps_the_container_for_the_next_run_until_stopped(
     assert stop.ret == 0
     assert not _exists(engine, container)
     assert not any(inner.glob("*/run-*/"))
+
+
+def test_an_image_the_engine_lacks_is_one_line_saying_what_to_do(
+    pytester: pytest.Pytester, inner: Path, engine: Any
+) -> None:
+    pytester.makepyfile(test_one="def test_one(pipeweave_database):\n    pass\n")
+    result = run(pytester, "--pipeweave-image=pipeweave-missing:never")
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    lines = [line for line in out.splitlines() if line.startswith("pipeweave: the Docker engine")]
+    assert len(lines) == 1, out
+    assert lines[0].startswith(
+        "pipeweave: the Docker engine has no image pipeweave-missing:never and could not pull it"
+    ), out
+    assert lines[0].endswith(
+        "pull or build it there, or choose one it has with --pipeweave-image (PIPEWEAVE_IMAGE)"
+    ), out
+    assert "Traceback" not in out
+    assert _containers_of(engine, inner) == set()
+    assert [p for p in inner.glob("pytest-pipeweave-*/run-*") if p.is_dir()] == []
+
+
+class EngineThatStops:
+    """A socket in front of the engine's that passes everything on until the request that
+    starts a container; then it goes, as a stopped engine does: that request unanswered, its
+    connections closed, the socket gone."""
+
+    def __init__(self, engine_socket: str, path: Path) -> None:
+        self.engine_socket = engine_socket
+        self.path = path
+        self.stopped = threading.Event()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(path))
+        self._listener.listen(16)
+        self._open: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.engine_socket)
+            self._open += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                if requests and b"/start HTTP/1.1" in chunk.split(b"\r\n", 1)[0]:
+                    self.stop()
+                    return
+                sink.sendall(chunk)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.path.unlink(missing_ok=True)
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_an_engine_that_stops_mid_start_is_one_line_and_the_next_run_clears_up(
+    pytester: pytest.Pytester, inner: Path, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not real.startswith("unix://"):
+        pytest.skip("the stopping engine is simulated in front of a unix socket")
+    folder = Path(tempfile.mkdtemp(prefix="pwe-"))  # a socket path must be short
+    proxy = EngineThatStops(real.removeprefix("unix://"), folder / "engine.sock")
+    try:
+        pytester.makepyfile(test_one="def test_one(pipeweave_database):\n    pass\n")
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{proxy.path}")
+        result = run(pytester)
+    finally:
+        proxy.stop()
+        folder.rmdir()
+    assert proxy.stopped.is_set(), "the run never started a container"
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    lines = [line for line in out.splitlines() if line.startswith("pipeweave: the Docker engine")]
+    assert len(lines) == 1, out
+    assert lines[0].startswith(
+        f"pipeweave: the Docker engine stopped answering while the {IMAGE} container started ("
+    ), out
+    assert lines[0].endswith("): start the engine again and rerun"), out
+    assert "Traceback" not in out
+    assert [p for p in inner.glob("pytest-pipeweave-*/run-*") if p.is_dir()] == []
+    # The engine could not be asked to remove what it had made: once it is back, the next
+    # run does, as it does a killed run's.
+    monkeypatch.setenv("DOCKER_HOST", real)
+    pytester.makepyfile(test_next="def test_next(pipeweave_server):\n    pass\n")
+    run(pytester, "test_next.py").assert_outcomes(passed=1)
+    assert _containers_of(engine, inner) == set()

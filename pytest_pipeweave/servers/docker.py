@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_pipeweave.errors import ServerUnavailable
+from pytest_pipeweave.errors import ServerUnavailable, first_line
 from pytest_pipeweave.processes import wait_until
 from pytest_pipeweave.servers.base import RunIsDead, ServerInfo
 from pytest_pipeweave.servers.local import SPEED_SETTINGS, SUPERUSER
@@ -164,7 +164,7 @@ class DockerServer:
             else:  # interrupted inside "docker run": the container may exist, unrecorded
                 remove_run_containers(client, self.run_folder)
             if isinstance(exc, Exception):
-                raise ServerUnavailable(f"the {self.image} container did not start: {exc}") from exc
+                raise self._start_failure(client, exc) from exc
             raise
         self.container_id = container.get_wrapped_container().id
         try:
@@ -173,6 +173,24 @@ class DockerServer:
             self.stop()
             raise
         return info
+
+    def _start_failure(self, client: Any, exc: Exception) -> ServerUnavailable:
+        """Why the container did not start, in one line, with what to do when we can tell."""
+        reason = first_line(exc)
+        try:
+            client.images.get(self.image)
+        except Exception as missing:
+            if type(missing).__name__ == "ImageNotFound":
+                return ServerUnavailable(
+                    f"the Docker engine has no image {self.image} and could not pull it "
+                    f"({getattr(exc, 'explanation', None) or reason}): pull or build it there, "
+                    "or choose one it has with --pipeweave-image (PIPEWEAVE_IMAGE)"
+                )
+            return ServerUnavailable(
+                f"the Docker engine stopped answering while the {self.image} container started "
+                f"({first_line(missing)}): start the engine again and rerun"
+            )
+        return ServerUnavailable(f"the {self.image} container did not start: {reason}")
 
     def _info(self, container: Any, password: str, local: bool) -> ServerInfo:
         import psycopg
