@@ -163,10 +163,11 @@ def test_a_frozen_hosts_databases_stay_unless_older_than_the_age_limit(
     frozen = start_run(suite, shared_server, "frozen-host")
     try:
         assert wait_until(lambda: reached(suite, "frozen-host"), 120), frozen.poll()
+        # The template and each worker's database.
+        assert wait_until(lambda: len(ours(shared_server)) == 3, 30), sorted(ours(shared_server))
         # A host that went away holding its connections open: the server cannot tell.
         os.killpg(frozen.pid, signal.SIGSTOP)
         held = set(ours(shared_server))
-        assert len(held) == 3, sorted(held)
         (suite / "hold" / "go").write_text("")
 
         status, out = finish(start_run(suite, shared_server, "other-host"))
