@@ -83,20 +83,21 @@ def test_an_interrupted_cleanup_leaves_consistent_tables_and_a_rerun_finishes(
     batch = 2_000
     errors: list[BaseException] = []
     victim = create_database(pipeweave_config, application_name="cleanup-victim", max=1)
-    # A batch takes a millisecond or two: rather than race it, hold the victim before its fourth
-    # batch, lock the table so that batch waits inside its DELETE, and kill it there.
+    # A batch takes a millisecond or two: rather than race it, hold the victim before the batch
+    # after its third that deleted rows, lock the table so that batch waits inside its DELETE,
+    # and kill it there.
     paused, resume = threading.Event(), threading.Event()
-    batches = 0
+    deleted: list[int] = []  # what each batch that finished deleted
     run_query = victim.query
 
     def query(query: Any, params: Any = None, kind: Any = "many_or_none") -> Any:
-        nonlocal batches
+        if kind == "result" and len([n for n in deleted if n]) == 3 and not paused.is_set():
+            paused.set()
+            resume.wait(30)
+        result = run_query(query, params, kind)
         if kind == "result":
-            batches += 1
-            if batches == 4:
-                paused.set()
-                resume.wait(30)
-        return run_query(query, params, kind)
+            deleted.append(result)
+        return result
 
     victim.query = query  # type: ignore[method-assign]
 
@@ -132,7 +133,8 @@ def test_an_interrupted_cleanup_leaves_consistent_tables_and_a_rerun_finishes(
         "n"
     ]
     assert 0 < expired_left < 200_000
-    assert (200_000 - expired_left) % batch == 0, "only whole batches were deleted"
+    assert 200_000 - expired_left == sum(deleted), "only whole batches were deleted"
+    assert max(deleted) <= batch
     assert (
         db.one("SELECT count(*) AS n FROM idempotency_cache WHERE idempotency_key LIKE 'live-%%'")[
             "n"
