@@ -11,11 +11,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import kill_server
+from helpers import kill_server, pg_bin
 
 from pytest_pipeweave import LocalServer
 from pytest_pipeweave.processes import process_alive, wait_until
-from pytest_pipeweave.servers.binaries import find_pg_bin
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
 
@@ -270,8 +269,7 @@ def test_hold(pipeweave_database):
 def test_a_reused_server_with_other_binaries_is_replaced_unless_in_use(
     pytester: pytest.Pytester, reuse_folder: Path, tmp_path: Path
 ) -> None:
-    bin_dir = find_pg_bin()
-    assert bin_dir is not None
+    bin_dir = pg_bin()
     other = tmp_path / "other-bin"  # the same build under another folder: other binaries
     other.mkdir()
     for binary in bin_dir.iterdir():
