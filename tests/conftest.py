@@ -14,12 +14,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import PG_BIN_VARIABLE, pg_bin
 from hypothesis import settings
 from psycopg import sql
 
 from pytest_pipeweave import LocalServer, ServerInfo, drop_database
 from pytest_pipeweave.runs import REUSE_KEY, base_dir, base_path
-from pytest_pipeweave.servers.binaries import find_pg_bin
 
 settings.register_profile("ci", max_examples=10_000, deadline=None)
 settings.register_profile("dev", max_examples=300, deadline=None)
@@ -40,9 +40,12 @@ def empty_database_url(pipeweave_server: ServerInfo) -> Iterator[str]:
 
 @pytest.fixture
 def pipeweave_inner_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """For inner pytest runs: no plugin settings inherited from the outer run, and misleading
-    DB_* variables that ``pipeweave_env`` must clear (a socket folder that does not exist)."""
+    """For inner pytest runs: no plugin settings inherited from the outer run but the binaries
+    (PIPEWEAVE_PG_BIN), and misleading DB_* variables that ``pipeweave_env`` must clear (a
+    socket folder that does not exist)."""
     for name in list(os.environ):
+        if name == PG_BIN_VARIABLE:
+            continue
         if name.startswith(("PIPEWEAVE_", "PYTEST_XDIST", "PYTEST_ADDOPTS")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("DB_HOST", "/nonexistent-pipeweave-socket-dir")
@@ -59,10 +62,8 @@ def start_local_server() -> Iterator[Callable[..., tuple[LocalServer, ServerInfo
     started: list[LocalServer] = []
 
     def start(**options: Any) -> tuple[LocalServer, ServerInfo]:
-        bin_dir = find_pg_bin()
-        assert bin_dir is not None
         workdir = base_dir() / f"test-server-{uuid.uuid4().hex[:8]}"
-        server = LocalServer(bin_dir, workdir, cache_dir=base_dir() / "cache", **options)
+        server = LocalServer(pg_bin(), workdir, cache_dir=base_dir() / "cache", **options)
         started.append(server)
         return server, server.start()
 

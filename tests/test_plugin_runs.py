@@ -15,13 +15,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import KILL_THE_SERVER
+from helpers import KILL_THE_SERVER, pg_bin
 
 import pytest_pipeweave.servers as servers
 from pytest_pipeweave import LocalServer, ServerInfo
 from pytest_pipeweave.processes import process_alive, wait_until
 from pytest_pipeweave.runs import base_dir
-from pytest_pipeweave.servers.binaries import find_pg_bin
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
 
@@ -192,8 +191,7 @@ def test_xdist_workers_share_one_server(pytester: pytest.Pytester, tmp_path: Pat
 @pytest.fixture(scope="module")
 def existing_server() -> Iterator[ServerInfo]:
     """A server started outside any pytest run, standing for a CI service container."""
-    bin_dir = find_pg_bin()
-    assert bin_dir is not None
+    bin_dir = pg_bin()
     server = LocalServer(
         bin_dir,
         base_dir() / f"test-existing-{uuid.uuid4().hex[:8]}",

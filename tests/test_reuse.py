@@ -11,11 +11,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import kill_server
+from helpers import kill_server, pg_bin
 
 from pytest_pipeweave import LocalServer
 from pytest_pipeweave.processes import process_alive, wait_until
-from pytest_pipeweave.servers.binaries import find_pg_bin
+from pytest_pipeweave.runs import base_dir
+from pytest_pipeweave.servers.binaries import server_user, usable_bin_dir
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
 
@@ -270,9 +271,12 @@ def test_hold(pipeweave_database):
 def test_a_reused_server_with_other_binaries_is_replaced_unless_in_use(
     pytester: pytest.Pytester, reuse_folder: Path, tmp_path: Path
 ) -> None:
-    bin_dir = find_pg_bin()
-    assert bin_dir is not None
-    other = tmp_path / "other-bin"  # the same build under another folder: other binaries
+    # The same build under another folder: other binaries. Links to binaries the server user
+    # can run (not those of a virtualenv in a 0700 folder, as CI's), in a folder it can reach.
+    bin_dir = usable_bin_dir(
+        pg_bin(), server_user(), base_dir(str(reuse_folder.parents[1])) / "cache"
+    )
+    other = reuse_folder.parents[1] / "other-bin"
     other.mkdir()
     for binary in bin_dir.iterdir():
         (other / binary.name).symlink_to(binary)

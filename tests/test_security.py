@@ -11,7 +11,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 import trustme
-from helpers import give_to_server_user
+from helpers import built_with_ssl, give_to_server_user, pg_bin
 
 from pipeweave_db import create_database, create_database_from_env
 from pytest_pipeweave import LocalServer, ServerInfo
@@ -37,6 +37,8 @@ def uses_ssl(env: dict[str, str]) -> bool:
 def tls(start_local_server: StartServer, server_folder: Callable[[str], Path]) -> dict[str, Any]:
     """A server that accepts TCP connections over SSL only, its certificate signed by a test CA
     for the name "localhost" (not for the address 127.0.0.1)."""
+    if not built_with_ssl(pg_bin()):
+        pytest.skip(f"the PostgreSQL in {pg_bin()} is built without SSL")
     ca, other_ca = trustme.CA(), trustme.CA()
     folder = server_folder("tls")
     cert = ca.issue_cert("localhost")
