@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import leftovers
+from helpers import leftovers, pg_bin
 
 from pytest_pipeweave import LocalServer, ServerUnavailable, ephemeral_server
 from pytest_pipeweave.processes import wait_until
 from pytest_pipeweave.runs import base_dir
-from pytest_pipeweave.servers.binaries import find_pg_bin
+from pytest_pipeweave.servers.binaries import find_pg_bin, server_user, usable_bin_dir
 from pytest_pipeweave.servers.local import free_port
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
@@ -157,11 +157,9 @@ def test_a_servers_folder_too_full_for_the_run_state_is_one_line(
 def test_no_room_to_copy_the_cached_cluster_is_one_line(
     pytester: pytest.Pytester, mount_tmpfs: Callable[..., Path]
 ) -> None:
-    tmpdir = mount_tmpfs("96m")
+    tmpdir = mount_tmpfs("192m")  # room for a copied installation (41 MB) and the cluster
     base = base_dir(str(tmpdir))
-    bin_dir = find_pg_bin()
-    assert bin_dir is not None
-    warm = LocalServer(bin_dir, base / "warm-up", cache_dir=base / "cache")
+    warm = LocalServer(pg_bin(), base / "warm-up", cache_dir=base / "cache")
     warm.start()
     warm.stop()
     assert any((base / "cache").glob("cluster-*")), "the next start copies the cached cluster"
@@ -221,11 +219,12 @@ def too_much_memory() -> str:
 def test_a_server_that_does_not_start_shows_the_end_of_its_log(
     pytester: pytest.Pytester, own_folder: Path
 ) -> None:
-    # The plugin takes no server settings: a postgres of the test's own adds one to each start.
-    bin_dir = find_pg_bin()
+    # The plugin takes no server settings: a postgres of the test's own adds one to each start,
+    # wrapping binaries the server user can run (not those of a virtualenv in a 0700 folder).
+    bin_dir = usable_bin_dir(pg_bin(), server_user(), base_dir() / "cache")
     wrapped = own_folder / "bin"
     wrapped.mkdir(mode=0o755)
-    (wrapped / "initdb").symlink_to(bin_dir / "initdb")  # type: ignore[operator]
+    (wrapped / "initdb").symlink_to(bin_dir / "initdb")
     (wrapped / "postgres").write_text(
         f'#!/bin/sh\nexec {bin_dir}/postgres "$@" -c shared_buffers={too_much_memory()}\n'
     )
@@ -237,7 +236,7 @@ def test_a_server_that_does_not_start_shows_the_end_of_its_log(
         result,
         "postgres did not start: FATAL: could not map anonymous shared memory",
         "HINT:",
-        "reducing shared_buffers",
+        "shared_buffers",  # quoted from PostgreSQL 16 on
         "(the end of its log)",
     )
     assert "[" not in line.split("FATAL", 1)[1], "no timestamps or pids from the log"
