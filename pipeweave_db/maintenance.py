@@ -189,7 +189,8 @@ def _delete_in_batches(
                 return total
     statement = _DELETE_IN_PAGES.format(table=table, expired=expired)
     first, step = 0, max(1, batch_size // _MAX_ROWS_PER_PAGE)
-    # Pages added after the start hold rows written after it: the cut-off spares them anyway.
+    # The pages there were at the start: a row that moves (an update) to a page the walk has
+    # passed, or to a page added since, waits for the next cleanup.
     while first < size["pages"]:
         found = 0
         while True:  # a range with more than a batch of rows takes several
