@@ -129,16 +129,20 @@ def assert_nothing_left(tmpdir: Path) -> None:
 # -- the servers' folder ---------------------------------------------------------------------
 
 
-@needs_binaries
-def test_a_full_servers_folder_stops_initdb_in_one_line(
-    pytester: pytest.Pytester, mount_tmpfs: Callable[..., Path]
-) -> None:
-    tmpdir = mount_tmpfs("1m")  # no cached cluster: initdb runs, and runs out of room
+def assert_no_space_said_and_nothing_left(pytester: pytest.Pytester, tmpdir: Path) -> None:
     result, _ = run(pytester, tmpdir, "--pipeweave-backend=local")
     assert_one_line(
         result, "no space left on the file system", f"mounted at {tmpdir}", "PIPEWEAVE_TMPDIR"
     )
     assert_nothing_left(tmpdir)
+
+
+@needs_binaries
+def test_a_full_servers_folder_stops_initdb_in_one_line(
+    pytester: pytest.Pytester, mount_tmpfs: Callable[..., Path]
+) -> None:
+    tmpdir = mount_tmpfs("1m")  # no cached cluster: initdb runs, and runs out of room
+    assert_no_space_said_and_nothing_left(pytester, tmpdir)
 
 
 @needs_binaries
@@ -148,9 +152,7 @@ def test_a_servers_folder_too_full_for_the_run_state_is_one_line(
     tmpdir = mount_tmpfs("1m")
     base_dir(str(tmpdir))
     fill(tmpdir)
-    result, _ = run(pytester, tmpdir, "--pipeweave-backend=local")
-    assert_one_line(result, "no space left on the file system", "PIPEWEAVE_TMPDIR")
-    assert_nothing_left(tmpdir)
+    assert_no_space_said_and_nothing_left(pytester, tmpdir)
 
 
 @needs_binaries
@@ -164,9 +166,7 @@ def test_no_room_to_copy_the_cached_cluster_is_one_line(
     warm.stop()
     assert any((base / "cache").glob("cluster-*")), "the next start copies the cached cluster"
     fill(tmpdir, leave=2 * 2**20)
-    result, _ = run(pytester, tmpdir, "--pipeweave-backend=local")
-    assert_one_line(result, "no space left on the file system", "PIPEWEAVE_TMPDIR")
-    assert_nothing_left(tmpdir)
+    assert_no_space_said_and_nothing_left(pytester, tmpdir)
 
 
 @needs_binaries
