@@ -411,11 +411,15 @@ class DatabaseJanitor:
     def _drop_superseded(self, conn: Connection, key: TemplateKey) -> None:
         """Drop the reusable templates that ``key``'s replaces (of its origin) and no run holds."""
         for digest, (other, _) in self._reusable(conn).items():
-            if digest == key.digest or other.origin != key.origin:
-                continue
-            with _locked_if_free(conn, self._key_lock(_TEMPLATE_LOCK, digest)) as free:
-                if free:
-                    _drop(conn, f"{NAME_PREFIX}template_{digest}")
+            if digest != key.digest and other.origin == key.origin:
+                self._drop_unused_template(conn, digest)
+
+    def _drop_unused_template(self, conn: Connection, digest: str) -> bool:
+        """Drop reusable template ``digest`` unless a run holds it; whether it was dropped."""
+        with _locked_if_free(conn, self._key_lock(_TEMPLATE_LOCK, digest)) as free:
+            if free:
+                _drop(conn, f"{NAME_PREFIX}template_{digest}")
+            return free
 
     def create(self, suffix: str, setup: TemplateSetup | None = None) -> str:
         """A database of the run with the PipeWeave schema (and ``setup``); its URL."""
@@ -516,12 +520,12 @@ class DatabaseJanitor:
         for name, comment in _commented(conn, NAME_PREFIX):
             if not _made_before(name, comment, cutoff, self.run_key):
                 continue
-            reusable = _REUSABLE.match(comment)
-            lock = self._key_lock(_TEMPLATE_LOCK, reusable["key"]) if reusable else None
-            with _locked_if_free(conn, lock) if lock else contextlib.nullcontext(True) as free:
-                if free:
-                    _drop(conn, name)
+            if reusable := _REUSABLE.match(comment):
+                if self._drop_unused_template(conn, reusable["key"]):
                     dropped.append(name)
+                continue
+            _drop(conn, name)
+            dropped.append(name)
         return dropped
 
     def _drop_run(self, conn: Connection, run_key: str) -> list[str]:

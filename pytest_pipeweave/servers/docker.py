@@ -176,11 +176,13 @@ class DockerServer:
 
     def _start_failure(self, client: Any, exc: Exception) -> ServerUnavailable:
         """Why the container did not start, in one line, with what to do when we can tell."""
+        from docker.errors import ImageNotFound
+
         reason = first_line(exc)
         try:
             client.images.get(self.image)
         except Exception as missing:
-            if type(missing).__name__ == "ImageNotFound":
+            if isinstance(missing, ImageNotFound):
                 return ServerUnavailable(
                     f"the Docker engine has no image {self.image} and could not pull it "
                     f"({getattr(exc, 'explanation', None) or reason}): pull or build it there, "
