@@ -26,17 +26,28 @@ def users_server(pipeweave_server: ServerInfo) -> ServerInfo:
     return server
 
 
+# The tests' own strangers: databases with our prefix that no run of ours made.
+STRANGER_PREFIX = "pytest_pipeweave_000000000000_"
+
+
 @pytest.fixture
 def janitors(users_server: ServerInfo) -> Iterator[list[DatabaseJanitor]]:
-    """Janitors the test opens: closed afterwards, and whatever databases they left dropped."""
-    before = names(users_server)
+    """Janitors the test opens: closed afterwards, and what their runs left dropped, with the
+    test's strangers. Only those: under pytest-xdist, tests on other workers share the server."""
     opened: list[DatabaseJanitor] = []
     yield opened
     for janitor in opened:
         janitor.close()
+    runs = {f" run={janitor.run_key} " for janitor in opened}
     with DatabaseJanitor(users_server, new_run_key()) as sweeper:
-        for name in names(users_server) - before:
-            sweeper.drop(name)
+        with psycopg.connect(users_server.admin_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT datname, coalesce(shobj_description(oid, 'pg_database'), '')"
+                " FROM pg_database"
+            ).fetchall()
+        for name, comment in rows:
+            if name.startswith(STRANGER_PREFIX) or any(run in f" {comment}" for run in runs):
+                sweeper.drop(name)
 
 
 def names(server: ServerInfo) -> set[str]:
@@ -92,7 +103,7 @@ def test_kept_databases_and_strangers_are_never_dropped(
     janitors.append(kept)
     kept_template = kept.template().name
     die(kept)
-    stranger = "pytest_pipeweave_000000000000_not_ours"
+    stranger = f"{STRANGER_PREFIX}not_ours"
     with psycopg.connect(users_server.admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{stranger}"')
     janitors.append(DatabaseJanitor(users_server, new_run_key()))
@@ -139,7 +150,7 @@ def test_an_age_limit_drops_what_is_older_even_of_live_runs_and_nothing_else(
     janitors += [live, young, kept, in_use]
     old, young_template, kept_template = (j.template().name for j in (live, young, kept))
     reusable = in_use.template(reuse=TemplateKey.of(users_server, None, "aged")).name
-    stranger = "pytest_pipeweave_000000000000_no_time"
+    stranger = f"{STRANGER_PREFIX}no_time"
     with psycopg.connect(users_server.admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{stranger}"')
         conn.execute(
