@@ -268,7 +268,7 @@ def _report_leaked_commits(
     tables = set(worker.written)
     worker.written.clear()
     with _one_line_failures():
-        put_back = worker.put_back()
+        put_back = worker.put_back(tables)
     message = leak_message(tables, who) + (
         "; the database was put back to its template state for the next tests"
         if put_back

@@ -168,6 +168,8 @@ class WorkerDatabase:
                 conn = self.connection()
             if self._snapshot is None:
                 self._snapshot = DatabaseSnapshot.capture(conn)
+                # Its own schema changes (the side schema) told to itself.
+                leaks.received(conn.pgconn, self.written).clear()
 
     # -- async tests ---------------------------------------------------------------------
 
@@ -251,7 +253,7 @@ class WorkerDatabase:
         """Back to the captured state after a committed test: restore, else copy again."""
         assert self._snapshot is not None
         with self._gone_on_failure():
-            if self._snapshot.restore(self.connection()):
+            if self._snapshot.restore(self.connection(), self.written):
                 return
             if self.recreate is None:
                 raise RestoreFailed(
@@ -287,13 +289,17 @@ class WorkerDatabase:
                 conn.close()
         return missing
 
-    def put_back(self) -> bool:
-        """The database back to its template state after commits from elsewhere, when nothing
-        is held open on it: restored as after a committed test, else copied again."""
+    def put_back(self, tables: set[str]) -> bool:
+        """The database back to its template state after commits from elsewhere to ``tables``,
+        when nothing is held open on it: restored as after a committed test, else copied
+        again."""
         if self.held or self.async_held:
             return False
+        self.written.update(tables)
         with self._gone_on_failure():
-            if self._snapshot is not None and self._snapshot.restore(self.connection()):
+            if self._snapshot is not None and self._snapshot.restore(
+                self.connection(), self.written
+            ):
                 return True
             if self.recreate is None:
                 return False

@@ -108,3 +108,34 @@ def test_a_leak_inside_module_data_is_told_at_the_modules_end(pytester: pytest.P
     result.stdout.fnmatch_lines(
         ["*LeakedCommitWarning: a test of this module committed writes to public.dlq*"]
     )
+
+
+SCHEMA_SUITE = """
+import psycopg
+
+def test_changes_the_schema(pipeweave_database, pipeweave_database_url):
+    with psycopg.connect(pipeweave_database_url, autocommit=True) as own:
+        own.execute("CREATE TABLE scratch (id int)")
+        own.execute("CREATE TEMP TABLE own_scratch (id int)")  # gone with its connection
+
+def test_next_has_the_templates_schema(pipeweave_database):
+    assert pipeweave_database.one_or_none(
+        "SELECT 1 AS x FROM pg_tables WHERE tablename = 'scratch'") is None
+
+def test_a_temporary_table_is_no_leak(pipeweave_database, pipeweave_database_url):
+    with psycopg.connect(pipeweave_database_url, autocommit=True) as own:
+        own.execute("CREATE TEMP TABLE own_scratch (id int)")
+        own.execute("DROP TABLE own_scratch")
+"""
+
+
+def test_a_leaked_schema_change_is_told_and_undone(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_leak_schema=SCHEMA_SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+    result.assert_outcomes(passed=3, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_changes_the_schema*",
+            "*LeakedCommitWarning: the test committed changes to the schema through a connection*",
+        ]
+    )
