@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
+import psycopg
 import pytest
 from helpers import INSERT_CACHE_ROWS
 
@@ -21,6 +22,7 @@ from pipeweave_db import (
     create_database,
 )
 from pytest_pipeweave import PipeweaveFactory, SeedData
+from pytest_pipeweave.processes import wait_until
 
 
 def test_cleanup_deletes_what_the_seed_expects(
@@ -134,6 +136,37 @@ def test_live_rows_written_during_cleanup_survive(pool_db: Database) -> None:
     }
     # DLQ rows written after the cleanup started are younger than its cut-off.
     assert pool_db.one("SELECT count(*) AS n FROM dlq")["n"] >= written[0] - result.old_dlq_deleted
+
+
+def test_a_row_made_live_while_cleanup_waits_for_it_stays(
+    pool_db: Database, pipeweave_config: DatabaseConfig
+) -> None:
+    """The batches lock nothing before deleting: one that meets a row another transaction is
+    changing waits for it, then sees the row's new version, and leaves it if it is live."""
+    past = datetime.now(timezone.utc) - timedelta(minutes=5)
+    pool_db.none(INSERT_CACHE_ROWS, ["expired-", past, 100])
+    results: list[int] = []
+    with psycopg.connect(pipeweave_config.conninfo()) as app:
+        app.execute(
+            "UPDATE idempotency_cache SET expires_at = now() + interval '1 hour'"
+            " WHERE idempotency_key = 'expired-50'"
+        )
+        with create_database(pipeweave_config, application_name="cleanup-waits", max=1) as db:
+            worker = threading.Thread(
+                target=lambda: results.append(cleanup_expired_cache(db, batch_size=500))
+            )
+            worker.start()
+            waiting = (
+                "SELECT count(*) AS n FROM pg_stat_activity"
+                " WHERE application_name = 'cleanup-waits' AND wait_event_type = 'Lock'"
+            )
+            assert wait_until(lambda: pool_db.one(waiting)["n"] == 1, 30), "the batch waits"
+            app.commit()
+            worker.join(timeout=30)
+    assert results == [99]
+    assert pool_db.many("SELECT idempotency_key FROM idempotency_cache") == [
+        {"idempotency_key": "expired-50"}
+    ]
 
 
 def test_cleanup_counts_are_numbers(
