@@ -85,6 +85,10 @@ def _session(request: pytest.FixtureRequest) -> PipeweaveSession:
     return PipeweaveSession.of(request.config)
 
 
+# The session fixtures take pytestconfig, not request: pytest makes a new fixture definition
+# for each "request" it meets while checking a test's fixture chain, test after test.
+
+
 @contextlib.contextmanager
 def _one_line_failures() -> Iterator[None]:
     """The plugin's own errors (no server, a server gone) as one line in the report."""
@@ -102,24 +106,24 @@ def _pipeweave_marker(committed: bool = False) -> bool:
 
 
 @pytest.fixture(scope="session")
-def pipeweave_server(request: pytest.FixtureRequest) -> ServerInfo:
+def pipeweave_server(pytestconfig: pytest.Config) -> ServerInfo:
     """The PostgreSQL server of this test run, shared by all pytest-xdist workers.
 
     Override it to use a server you run: return ``ServerInfo.from_url(...)`` (the role needs
     CREATEDB); the plugin then starts no server of its own.
     """
     with _one_line_failures():
-        server = _session(request).server()
+        server = PipeweaveSession.of(pytestconfig).server()
     return server
 
 
 @pytest.fixture(scope="session")
 def _pipeweave_janitor(
-    request: pytest.FixtureRequest, pipeweave_server: ServerInfo
+    pytestconfig: pytest.Config, pipeweave_server: ServerInfo
 ) -> Iterator[DatabaseJanitor]:
     from pytest_pipeweave.databases import DatabaseJanitor
 
-    session = _session(request)
+    session = PipeweaveSession.of(pytestconfig)
     with _one_line_failures():
         janitor = DatabaseJanitor(pipeweave_server, session.run_key, keep=session.settings.keep)
         if session.settings.keep_failed:
@@ -153,7 +157,7 @@ def pipeweave_template_key() -> str | None:
 
 @pytest.fixture(scope="session")
 def pipeweave_template(
-    request: pytest.FixtureRequest,
+    pytestconfig: pytest.Config,
     pipeweave_server: ServerInfo,
     _pipeweave_janitor: DatabaseJanitor,
     pipeweave_template_setup: TemplateSetup | None,
@@ -167,7 +171,7 @@ def pipeweave_template(
     """
     from pytest_pipeweave.databases import TemplateKey
 
-    session = _session(request)
+    session = PipeweaveSession.of(pytestconfig)
     settings = session.settings
     key = None
     if settings.reuse:
@@ -190,7 +194,7 @@ def pipeweave_template(
 
 @pytest.fixture(scope="session")
 def pipeweave_database_url(
-    request: pytest.FixtureRequest,
+    pytestconfig: pytest.Config,
     pipeweave_server: ServerInfo,
     _pipeweave_janitor: DatabaseJanitor,
     pipeweave_template: str,
@@ -202,12 +206,12 @@ def pipeweave_database_url(
     """
     from pytest_pipeweave.isolation import WorkerDatabase
 
-    session = _session(request)
+    session = PipeweaveSession.of(pytestconfig)
     with _one_line_failures():
         url = _pipeweave_janitor.clone(pipeweave_template, session.worker)
     name = _pipeweave_janitor.name(session.worker)
     session.databases.append(name)
-    opened = request.config.stash.setdefault(_WORKER_DATABASES, {})
+    opened = pytestconfig.stash.setdefault(_WORKER_DATABASES, {})
     opened[url] = functools.partial(
         WorkerDatabase,
         url,
@@ -220,11 +224,11 @@ def pipeweave_database_url(
 
 @pytest.fixture(scope="session")
 def _pipeweave_worker_database(
-    request: pytest.FixtureRequest, pipeweave_database_url: str
+    pytestconfig: pytest.Config, pipeweave_database_url: str
 ) -> Iterator[WorkerDatabase]:
     from pytest_pipeweave.isolation import WorkerDatabase
 
-    open_database = request.config.stash.get(_WORKER_DATABASES, {}).get(
+    open_database = pytestconfig.stash.get(_WORKER_DATABASES, {}).get(
         pipeweave_database_url, functools.partial(WorkerDatabase, pipeweave_database_url)
     )
     database = open_database()

@@ -54,7 +54,7 @@ class WorkerDatabase:
         self.url = url
         self.recreate = recreate
         self.server = server
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn: SharedConnection | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._snapshot: DatabaseSnapshot | None = None
         self._async_conn: psycopg.AsyncConnection[Any] | None = None
@@ -88,11 +88,11 @@ class WorkerDatabase:
         db.observer = self._record
         return db
 
-    def connection(self) -> psycopg.Connection[Any]:
+    def connection(self) -> SharedConnection:
         """The shared autocommit connection, reopened if a test closed or broke it."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             with self._gone_on_failure():
-                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                self._conn = SharedConnection.connect(self.url, autocommit=True, connect_timeout=10)
                 leaks.listen(self._conn, self.written)
         return self._conn
 
@@ -103,34 +103,42 @@ class WorkerDatabase:
         Inside a transaction held for a module or class it is a savepoint; ``holder`` names
         the scope that this one is held for. BEGIN doubles as a liveness check: a server that
         died since the last test shows here, as ServerGone, not as a hang or a confusing error
-        inside the test.
+        inside the test. Both ends are sent straight through libpq, as between async tests:
+        psycopg's transaction() costs as much again in Python, twice a test.
         """
         if self.held and not _usable(self._conn):
             raise self._held_data_lost(self.held)
+        depth = len(self.held)
+        begin, end = _boundaries(depth)
         conn = self.connection()
-        stack = contextlib.ExitStack()
         try:
-            stack.enter_context(conn.transaction(force_rollback=True))
+            _between_tests(conn, begin)
         except psycopg.OperationalError:
-            if self.held:
+            if depth:
                 raise self._held_data_lost(self.held) from None
             conn = self.connection()
             with self._gone_on_failure():
-                stack.enter_context(conn.transaction(force_rollback=True))
-        outermost = not self.held
-        if outermost:
-            self.written.clear()  # what was committed before it began is no one's leak
+                _between_tests(conn, begin)
+        if depth == 0:
+            # What was committed before it began is no one's leak.
+            leaks.received(conn.pgconn, self.written).clear()
         if holder is not None:
             self.held.append(holder)
-            stack.callback(self.held.pop)
+        conn.test_transactions += 1
         try:
-            with stack:
-                yield self._observed(Database.bound(conn))
-        except psycopg.OperationalError:
-            if not conn.broken:
-                raise
-        if outermost and not conn.closed:
-            leaks.received(conn.pgconn, self.written)
+            yield self._observed(Database.bound(conn))
+        finally:
+            conn.test_transactions -= 1
+            if holder is not None:
+                self.held.pop()
+            try:
+                _between_tests(conn, end)
+            except psycopg.OperationalError:
+                if _usable(conn):
+                    raise
+            else:
+                if depth == 0:
+                    leaks.received(conn.pgconn, self.written)
 
     def committed(self) -> Database:
         """A Database over the shared pool: its statements commit for real."""
@@ -202,15 +210,7 @@ class WorkerDatabase:
         if self.async_held and not _usable(self._async_conn):
             raise self._held_data_lost(self.async_held)
         depth = len(self.async_held)
-        begin, end = (
-            (b"BEGIN", b"ROLLBACK")
-            if depth == 0
-            else (
-                b"SAVEPOINT pipeweave_%d" % depth,
-                b"ROLLBACK TO SAVEPOINT pipeweave_%d; RELEASE SAVEPOINT pipeweave_%d"
-                % (depth, depth),
-            )
-        )
+        begin, end = _boundaries(depth)
         conn = self.async_connection()
         try:
             _between_tests(conn, begin)
@@ -269,7 +269,7 @@ class WorkerDatabase:
         """What the test sees now copied into the database at ``target_url`` (of the same
         schema): through its transaction in rollback mode, its own writes included. Returns
         what was left out, or ""."""
-        conn = self.connection()
+        conn: psycopg.Connection[Any] = self.connection()
         status = conn.info.transaction_status
         missing = ""
         if status == psycopg.pq.TransactionStatus.INERROR:
@@ -350,12 +350,49 @@ class WorkerDatabase:
             self._conn = None
 
 
+class SharedConnection(psycopg.Connection[Any]):
+    """The shared connection of rollback-mode tests: while a test's transaction is open on
+    it, ``commit()`` and ``rollback()`` raise, as psycopg's do inside ``transaction()``, so
+    that code under test handed it (``pipeweave_connection``) cannot end that transaction."""
+
+    test_transactions = 0
+
+    def commit(self) -> None:
+        self._refuse("commit")
+        super().commit()
+
+    def rollback(self) -> None:
+        self._refuse("rollback")
+        super().rollback()
+
+    def _refuse(self, what: str) -> None:
+        if self.test_transactions:
+            raise psycopg.ProgrammingError(
+                f"Explicit {what}() forbidden within a Transaction context: this is the test's "
+                "transaction, which pytest-pipeweave rolls back after the test; use "
+                "transaction() for a savepoint, or committed mode for real commits"
+            )
+
+
+def _boundaries(depth: int) -> tuple[bytes, bytes]:
+    """What begins and what ends a test's transaction ``depth`` scopes deep: BEGIN and
+    ROLLBACK outermost, a savepoint inside a module's or class's data."""
+    if depth == 0:
+        return b"BEGIN", b"ROLLBACK"
+    return (
+        b"SAVEPOINT pipeweave_%d" % depth,
+        b"ROLLBACK TO SAVEPOINT pipeweave_%d; RELEASE SAVEPOINT pipeweave_%d" % (depth, depth),
+    )
+
+
 def _usable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> bool:
     return conn is not None and not conn.closed and not conn.broken
 
 
-def _between_tests(conn: psycopg.AsyncConnection[Any], command: bytes) -> None:
-    """BEGIN or ROLLBACK on ``conn`` while no test runs, with no event loop at all.
+def _between_tests(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], command: bytes
+) -> None:
+    """BEGIN or ROLLBACK on ``conn`` while no test runs (for an async one, with no event loop).
 
     libpq's PQexec blocks even on a nonblocking connection such as psycopg's async ones (its
     documentation says so), and psycopg reads the transaction's state back from libpq: this is
