@@ -188,7 +188,9 @@ class Database:
 
     def _run(self, query: Query, params: Params) -> tuple[list[Row], int]:
         with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            if self._statement_savepoints:
+            if self._statement_savepoints and PIPELINES:
+                return _in_savepoint(conn, cur, query, params)
+            if self._statement_savepoints:  # libpq before 14
                 with conn.transaction():
                     cur.execute(query, params)
                     return _last_result(cur)
@@ -252,6 +254,39 @@ def exhausted(stats: Mapping[str, int], max_size: int) -> bool:
 def _connect_directly(config: DatabaseConfig) -> None:
     with psycopg.connect(config.conninfo()):
         pass
+
+
+# The savepoint of a statement of a bound Database (``statement_savepoints``), pipelined with
+# it where libpq can (14 and later).
+PIPELINES = psycopg.Pipeline.is_supported()
+SAVEPOINT = b"SAVEPOINT pipeweave_statement"
+RELEASE = b"RELEASE SAVEPOINT pipeweave_statement"
+UNDO = b"ROLLBACK TO SAVEPOINT pipeweave_statement; RELEASE SAVEPOINT pipeweave_statement"
+
+
+def _in_savepoint(
+    conn: Connection, cur: psycopg.Cursor[Row], query: Query, params: Params
+) -> tuple[list[Row], int]:
+    """``query`` in a savepoint of its own, pipelined with it: one round trip, not three.
+
+    A failing query is undone to the savepoint. A pipeline takes one statement per query
+    (the extended protocol): a text of several, refused there, runs as before.
+    """
+    try:
+        with conn.pipeline():
+            conn.execute(SAVEPOINT)
+            cur.execute(query, params)
+            conn.execute(RELEASE)
+        return _last_result(cur)
+    except psycopg.Error as exc:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            raise
+        conn.execute(UNDO)
+        if params is not None or not isinstance(exc, psycopg.errors.SyntaxError):
+            raise
+    with conn.transaction():
+        cur.execute(query)
+        return _last_result(cur)
 
 
 def _last_result(cur: psycopg.Cursor[Row]) -> tuple[list[Row], int]:

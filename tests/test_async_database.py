@@ -73,6 +73,26 @@ async def test_the_helpers_follow_the_same_rules_as_the_sync_ones(
         assert str(async_error.value) == str(sync_error.value)
 
 
+@pytest.mark.parametrize(
+    ("failing", "error"),
+    [
+        ("SELEC 1", "SyntaxError"),
+        ("SELECT 1/0; SELECT 2", "DivisionByZero"),
+        ("SELECT 1 + %s", "InvalidTextRepresentation"),
+    ],
+)
+async def test_no_failing_statement_poisons_the_tests_transaction(
+    pipeweave_async_database: AsyncDatabase, failing: str, error: str
+) -> None:
+    await pipeweave_async_database.none(INSERT, ["a"])
+    params = ["not a number"] if "%s" in failing else None
+    with pytest.raises(getattr(psycopg.errors, error)):
+        await pipeweave_async_database.none(failing, params)
+    assert await pipeweave_async_database.one(
+        "SELECT 1 AS one; SELECT count(*) AS n FROM services"
+    ) == {"n": 1}
+
+
 async def test_a_failing_statement_then_a_good_one(
     pipeweave_async_database: AsyncDatabase,
 ) -> None:

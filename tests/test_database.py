@@ -186,6 +186,28 @@ def test_bound_database_survives_a_failing_statement(pipeweave_database_url: str
         assert bound.one("SELECT count(*) AS n FROM services") == {"n": 1}
 
 
+@pytest.mark.parametrize(
+    ("failing", "error"),
+    [
+        ("INSERT INTO services (id, version, base_url) VALUES ('a', '1', 'u')", "UniqueViolation"),
+        ("SELEC 1", "SyntaxError"),  # refused before it runs: the savepoint went first
+        ("SELECT 1/0; SELECT 2", "DivisionByZero"),  # several statements: the simple protocol
+        ("SELECT 1 + %s", "InvalidTextRepresentation"),  # a parameter the server rejects
+    ],
+)
+def test_no_failing_statement_poisons_the_tests_transaction(
+    pipeweave_database: Database, failing: str, error: str
+) -> None:
+    """Each statement goes with its savepoint, in one round trip: whatever fails, and
+    however it is sent, the writes before it stay and the next statement works."""
+    pipeweave_database.one(INSERT_SERVICE, ["a", "1", "u"])
+    params = ["not a number"] if "%s" in failing else None
+    with pytest.raises(getattr(psycopg.errors, error)):
+        pipeweave_database.none(failing, params)
+    assert pipeweave_database.one("SELECT 1 AS one; SELECT count(*) AS n FROM services") == {"n": 1}
+    assert pipeweave_database.one("SELECT id FROM services WHERE id = %s", ["a"]) == {"id": "a"}
+
+
 def test_rollback_fixture_gives_a_bound_database(pipeweave_database: Database) -> None:
     pipeweave_database.one(INSERT_SERVICE, ["a", "1", "u"])
     with pipeweave_database.tx() as t, t.tx() as t2:
