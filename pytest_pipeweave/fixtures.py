@@ -39,6 +39,7 @@ module is loaded into every pytest process, most of which never use a database.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import os
@@ -72,10 +73,22 @@ COMMITTED_FIXTURES = (
 ASYNC_RUNNERS = ("asyncio", "anyio")
 # Variables that would send create_database_from_env() somewhere else than the test database.
 _CLEARED_VARIABLES = ("AUTO_INIT_DB", "NODE_ENV", "PIPEWEAVE_ENV")
-# How to open the test databases the plugin copied from a template (by URL): so that one that
-# a committed test changed the schema of is copied again. A URL from an overridden
+
+
+@dataclasses.dataclass(frozen=True)
+class _CopiedDatabase:
+    """A test database the plugin copied from its template: how to open it (so that one whose
+    schema a committed test changed is copied again), and what made it (for keep-failed)."""
+
+    open: Callable[[], WorkerDatabase]
+    janitor: DatabaseJanitor
+    template: str
+    server: ServerInfo
+
+
+# The test databases the plugin copied, by URL. A URL from an overridden
 # pipeweave_database_url is not in it.
-_WORKER_DATABASES = pytest.StashKey[dict[str, "Callable[[], WorkerDatabase]"]]()
+_WORKER_DATABASES = pytest.StashKey[dict[str, _CopiedDatabase]]()
 # The worker database that holds module or class data open, for the check in
 # ``data_fixture_outlives_class``.
 HOLDING = pytest.StashKey["WorkerDatabase"]()
@@ -212,26 +225,31 @@ def pipeweave_database_url(
     name = _pipeweave_janitor.name(session.worker)
     session.databases.append(name)
     opened = pytestconfig.stash.setdefault(_WORKER_DATABASES, {})
-    opened[url] = functools.partial(
-        WorkerDatabase,
-        url,
-        recreate=functools.partial(_pipeweave_janitor.recreate, pipeweave_template, name),
-        server=f"{pipeweave_server.backend} test server",
+    opened[url] = _CopiedDatabase(
+        functools.partial(
+            WorkerDatabase,
+            url,
+            recreate=functools.partial(_pipeweave_janitor.recreate, pipeweave_template, name),
+            server=f"{pipeweave_server.backend} test server",
+        ),
+        _pipeweave_janitor,
+        pipeweave_template,
+        pipeweave_server,
     )
     yield url
     del opened[url]
 
 
 @pytest.fixture(scope="session")
-def _pipeweave_worker_database(
-    pytestconfig: pytest.Config, pipeweave_database_url: str
-) -> Iterator[WorkerDatabase]:
+def _pipeweave_worker_database(request: pytest.FixtureRequest) -> Iterator[WorkerDatabase]:
+    """The connections to ``pipeweave_database_url``, asked for when first needed rather than
+    taken as an argument: before every test pytest checks each argument of each fixture in the
+    test's chain again, and the chain behind the URL cost as much as BEGIN and ROLLBACK."""
     from pytest_pipeweave.isolation import WorkerDatabase
 
-    open_database = pytestconfig.stash.get(_WORKER_DATABASES, {}).get(
-        pipeweave_database_url, functools.partial(WorkerDatabase, pipeweave_database_url)
-    )
-    database = open_database()
+    url: str = request.getfixturevalue("pipeweave_database_url")
+    copied = request.config.stash.get(_WORKER_DATABASES, {}).get(url)
+    database = copied.open() if copied is not None else WorkerDatabase(url)
     yield database
     database.close()
 
@@ -385,11 +403,10 @@ def keep_failed_test_data(item: pytest.Item) -> str | None:
     worker = fixtures.get("_pipeweave_worker_database")
     if worker is None or not PipeweaveSession.of(item.config).settings.keep_failed:
         return None
-    janitor = fixtures.get("_pipeweave_janitor")
-    template = fixtures.get("pipeweave_template")
-    server = fixtures.get("pipeweave_server")
-    if janitor is None or template is None or server is None:
+    copied = item.config.stash.get(_WORKER_DATABASES, {}).get(worker.url)
+    if copied is None:
         return "not kept: the test database is one of your own (pipeweave_database_url)"
+    janitor, template, server = copied.janitor, copied.template, copied.server
     import psycopg
 
     from pipeweave_db import mask_url

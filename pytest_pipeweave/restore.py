@@ -256,14 +256,20 @@ def _parents(conn: Connection, oids: list[int]) -> dict[int, set[int]]:
     return parents
 
 
+def _children(parents: dict[int, set[int]]) -> dict[int, set[int]]:
+    """Per table, the tables whose foreign keys point to it."""
+    children: dict[int, set[int]] = {oid: set() for oid in parents}
+    for child, its_parents in parents.items():
+        for parent in its_parents:
+            children[parent].add(child)
+    return children
+
+
 def _children_first(
     tables: list[tuple[int, sql.Identifier]], parents: dict[int, set[int]]
 ) -> list[tuple[int, sql.Identifier]]:
     """Tables ordered so that a table comes before those its foreign keys point to."""
-    children: dict[int, set[int]] = {oid: set() for oid, _ in tables}
-    for child, its_parents in parents.items():
-        for parent in its_parents:
-            children[parent].add(child)
+    children = _children(parents)
     ordered: list[tuple[int, sql.Identifier]] = []
     remaining = dict(tables)
     while remaining:
@@ -276,10 +282,7 @@ def _children_first(
 
 def _referencing(names: dict[int, str], parents: dict[int, set[int]]) -> dict[str, frozenset[str]]:
     """Per table, every table whose foreign keys lead to it, through others or not."""
-    children: dict[int, set[int]] = {oid: set() for oid in parents}
-    for child, its_parents in parents.items():
-        for parent in its_parents:
-            children[parent].add(child)
+    children = _children(parents)
     closure = {}
     for oid in parents:
         found: set[int] = set()
