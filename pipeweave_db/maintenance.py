@@ -44,7 +44,9 @@ __all__ = [
     "cleanup_old_dlq_async",
 ]
 
-DEFAULT_BATCH_SIZE = 5000
+# A batch of this many rows took about 20 ms in benchmarks/ (2 cores); at 5,000 the batches'
+# fixed costs held cleanup to half a plain DELETE's rows per second.
+DEFAULT_BATCH_SIZE = 20_000
 DEFAULT_DLQ_RETENTION_DAYS = 30
 # make_interval takes a 32-bit day count; beyond ~2,700 years every retention is the same.
 _MAX_RETENTION_DAYS = 1_000_000
