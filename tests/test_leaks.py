@@ -101,9 +101,14 @@ def test_leaks_inside_module_data(shared, pipeweave_database, pipeweave_database
 """
 
 
+def _run_sync(pytester: pytest.Pytester, **files: str) -> pytest.RunResult:
+    """``files`` run without pytest-asyncio: sync tests only."""
+    pytester.makepyfile(**files)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+
+
 def test_a_leak_inside_module_data_is_told_at_the_modules_end(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_leak_module=MODULE_SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+    result = _run_sync(pytester, test_leak_module=MODULE_SUITE)
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(
         ["*LeakedCommitWarning: a test of this module committed writes to public.dlq*"]
@@ -130,8 +135,7 @@ def test_a_temporary_table_is_no_leak(pipeweave_database, pipeweave_database_url
 
 
 def test_a_leaked_schema_change_is_told_and_undone(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_leak_schema=SCHEMA_SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+    result = _run_sync(pytester, test_leak_schema=SCHEMA_SUITE)
     result.assert_outcomes(passed=3, warnings=1)
     result.stdout.fnmatch_lines(
         [
