@@ -95,11 +95,10 @@ HOLDING = pytest.StashKey["WorkerDatabase"]()
 
 
 def _session(request: pytest.FixtureRequest) -> PipeweaveSession:
+    """For the function fixtures. The session fixtures take pytestconfig, not request: pytest
+    makes a new fixture definition for each "request" it meets while checking a test's fixture
+    chain, test after test."""
     return PipeweaveSession.of(request.config)
-
-
-# The session fixtures take pytestconfig, not request: pytest makes a new fixture definition
-# for each "request" it meets while checking a test's fixture chain, test after test.
 
 
 @contextlib.contextmanager
