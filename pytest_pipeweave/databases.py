@@ -38,6 +38,10 @@ TEMPLATE_SUFFIX = "template"
 # The copies of failed tests' data (--pipeweave-keep-failed): outside any run's names, so that
 # the run's end leaves them; a later run with the option drops those of runs that are over.
 FAILED_PREFIX = f"{NAME_PREFIX}failed_"
+# With reuse, each run's end leaves a copy of the reusable template for the next run's worker in
+# the same slot ("main", "gw0", ...), made while nobody waits: the next run renames it instead
+# of copying. ``<prefix><template digest>_<slot>``: at most one a slot, dropped with the template.
+SPARE_PREFIX = f"{NAME_PREFIX}spare_"
 # A database comment: the run that owns it, the host it ran on (for people reading it), when
 # it was made (seconds since the epoch by the server's clock: the hosts' clocks may disagree;
 # absent from what older versions made), and what it is, when it is more than the run's own.
@@ -70,6 +74,11 @@ def admin_connection(server: ServerInfo) -> Connection:
 def database_name(run_key: str, suffix: str) -> str:
     """``pytest_pipeweave_<run>_<suffix>``: recognisably ours, unique per run."""
     return f"{NAME_PREFIX}{run_key}_{suffix}".lower()
+
+
+def spare_name(digest: str, slot: str) -> str:
+    """The spare of reusable template ``digest`` for the worker in ``slot`` (see SPARE_PREFIX)."""
+    return f"{SPARE_PREFIX}{digest}_{slot}".lower()
 
 
 def host_label(hostname: str | None = None) -> str:
@@ -310,6 +319,9 @@ class DatabaseJanitor:
         self._owner = f"pytest-pipeweave run={run_key} host={hostname}"
         self._clock_offset = 0.0  # the server's clock minus ours, for the comments' times
         self._conn: Connection | None = None
+        # With reuse: the reusable template's digest, and the slots copied from it here.
+        self._spare_digest: str | None = None
+        self._spare_slots: list[str] = []
         self._open()
         if not server.ephemeral:
             self.drop_dead_runs()
@@ -365,6 +377,7 @@ class DatabaseJanitor:
         try:
             kept = self._reusable(conn)
             found = kept.get(key.digest)
+            self._spare_digest = key.digest
             if found is not None and not (recreate and found[1] != self.run_key):
                 return Template(name, None)
             rebuilt: str | None = "--pipeweave-recreate"
@@ -379,6 +392,8 @@ class DatabaseJanitor:
                 f"created={self._server_time()}"
             )
             self._build(name, setup, comment)
+            # After the build: a spare being copied from the old template meanwhile is done.
+            self._drop_spares(self._admin(), key.digest)
             self._drop_superseded(self._admin(), key)
             return Template(name, round(time.perf_counter() - started, 3), rebuilt)
         finally:
@@ -419,7 +434,12 @@ class DatabaseJanitor:
         with _locked_if_free(conn, self._key_lock(_TEMPLATE_LOCK, digest)) as free:
             if free:
                 _drop(conn, f"{NAME_PREFIX}template_{digest}")
+                self._drop_spares(conn, digest)
             return free
+
+    def _drop_spares(self, conn: Connection, digest: str) -> None:
+        for name, _ in _commented(conn, f"{SPARE_PREFIX}{digest}_"):
+            _drop(conn, name)
 
     def create(self, suffix: str, setup: TemplateSetup | None = None) -> str:
         """A database of the run with the PipeWeave schema (and ``setup``); its URL."""
@@ -433,10 +453,57 @@ class DatabaseJanitor:
         return self.server.url(name)
 
     def clone(self, template: str, suffix: str) -> str:
-        """A database of the run copied from ``template``; its URL."""
+        """A database of the run copied from ``template``; its URL. From the reusable
+        template, the spare an earlier run left for ``suffix`` is taken when there is one."""
         name = self.name(suffix)
-        _create(self._admin(), name, template, self._comment())
+        conn = self._admin()
+        if not (self._is_reusable(template) and self._take_spare(conn, suffix, name)):
+            _create(conn, name, template, self._comment())
+        if self._is_reusable(template):
+            self._spare_slots.append(suffix)
         return self.server.url(name)
+
+    def _is_reusable(self, template: str) -> bool:
+        return self._spare_digest is not None and template == (
+            f"{NAME_PREFIX}template_{self._spare_digest}"
+        )
+
+    def _take_spare(self, conn: Connection, slot: str, name: str) -> bool:
+        """The spare of ``slot`` renamed to ``name`` and made the run's, in one transaction
+        (a run killed half way leaves a spare or a database of its own, never a stray);
+        whether there was one to take (another run may have taken it first)."""
+        assert self._spare_digest is not None
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(spare_name(self._spare_digest, slot)), sql.Identifier(name)
+                    )
+                )
+                conn.execute(
+                    sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        sql.Identifier(name), sql.Literal(self._comment())
+                    )
+                )
+        except (psycopg.errors.InvalidCatalogName, psycopg.errors.ObjectInUse):
+            return False
+        return True
+
+    def _leave_spare(self, conn: Connection) -> None:
+        """Start copying the reusable template into a spare for the next run in this slot,
+        and return without waiting: the server finishes the copy after ``conn`` is closed (it
+        reads the connection only between statements), so nobody waits for it. Its backend
+        holds the template's shared lock until then, so the template is not dropped meanwhile.
+        A spare already there (another run's) makes the copy fail at once, harmlessly."""
+        if self._spare_digest is None or not self._spare_slots:
+            return
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(spare_name(self._spare_digest, self._spare_slots[0])),
+            sql.Identifier(f"{NAME_PREFIX}template_{self._spare_digest}"),
+        )
+        if conn.info.server_version >= 150000:
+            statement += sql.SQL(" STRATEGY FILE_COPY")
+        conn.pgconn.send_query(statement.as_bytes(conn))
 
     def recreate(self, template: str, name: str) -> None:
         """``name`` dropped and copied from ``template`` again."""
@@ -478,6 +545,7 @@ class DatabaseJanitor:
             conn.execute("SELECT pg_advisory_unlock_shared(%s)", [self._lock_id(_RUN_LOCK)])
             if not (self.keep or self.server.ephemeral):
                 self._drop_run(conn, self.run_key)
+            self._leave_spare(conn)
         except psycopg.Error:
             pass  # the server is gone, and what it held with it
         finally:

@@ -14,6 +14,7 @@ import pytest
 from helpers import kill_server, pg_bin
 
 from pytest_pipeweave import LocalServer
+from pytest_pipeweave.databases import SPARE_PREFIX
 from pytest_pipeweave.processes import process_alive, wait_until
 from pytest_pipeweave.runs import base_dir
 from pytest_pipeweave.servers.binaries import server_user, usable_bin_dir
@@ -44,13 +45,27 @@ def postmaster_pid(folder: Path) -> int:
 
 
 def databases(folder: Path) -> list[str]:
+    """Ours on the reused server, once the spares the last run left are copied."""
     info = state_of(folder)["info"]
     url = f"postgresql://{info['user']}:{info['password'] or ''}@127.0.0.1:{info['port']}/postgres"
-    with psycopg.connect(url, connect_timeout=5) as conn:
+    with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+
+        def copied() -> bool:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE query LIKE 'CREATE DATABASE%%' AND pid <> pg_backend_pid()"
+            ).fetchone()
+            return row is not None and row[0] == 0
+
+        assert wait_until(copied, 30), "a spare was still being copied after 30 s"
         rows = conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE 'pytest_pipeweave%' ORDER BY 1"
         ).fetchall()
     return [row[0] for row in rows]
+
+
+def spares(names: list[str]) -> list[str]:
+    return [name.rsplit("_", 1)[1] for name in names if name.startswith(SPARE_PREFIX)]
 
 
 def test_the_next_run_attaches_to_the_server_and_template(
@@ -67,11 +82,12 @@ def test_the_next_run_attaches_to_the_server_and_template(
         ]
     )
     pid = postmaster_pid(reuse_folder)
-    # Each run drops its own test databases: only the template stays.
-    (template,) = databases(reuse_folder)
+    # Each run drops its own test databases: the template stays, and a spare for each slot.
+    *left, template = databases(reuse_folder)
     assert template.startswith("pytest_pipeweave_template_")
+    assert spares(left) == ["main"]
 
-    for workers in ((), ("-n", "2")):
+    for workers, slots in (((), ["main"]), (("-n", "2"), ["gw0", "gw1", "main"])):
         again = run(pytester, *workers)
         again.assert_outcomes(passed=2)
         again.stdout.fnmatch_lines(
@@ -81,12 +97,45 @@ def test_the_next_run_attaches_to_the_server_and_template(
         )
         assert "started in" not in again.stdout.str()
         assert postmaster_pid(reuse_folder) == pid
-        assert databases(reuse_folder) == [template]
+        *left, last = databases(reuse_folder)
+        assert (spares(left), last) == (slots, template)
 
     without = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
     without.assert_outcomes(passed=2)
     assert "reused" not in without.stdout.str()
     assert postmaster_pid(reuse_folder) == pid  # a run without reuse leaves it alone
+
+
+WHERE = """
+from pathlib import Path
+
+def test_where(pipeweave_database):
+    row = pipeweave_database.one(
+        "SELECT oid::int AS oid FROM pg_database WHERE datname = current_database()"
+    )
+    Path("oid.txt").write_text(str(row["oid"]))
+    assert pipeweave_database.one("SELECT count(*) AS n FROM services")["n"] == 0
+    pipeweave_database.none("INSERT INTO services (id, version, base_url) VALUES ('s', '1', 'http://s')")
+"""
+
+
+def test_a_run_takes_the_copy_the_run_before_left_for_it(
+    pytester: pytest.Pytester, reuse_folder: Path
+) -> None:
+    pytester.makepyfile(test_where=WHERE)
+    run(pytester).assert_outcomes(passed=1)
+    first = int((pytester.path / "oid.txt").read_text())
+    info = state_of(reuse_folder)["info"]
+    url = f"postgresql://{info['user']}:@127.0.0.1:{info['port']}/postgres"
+    (spare, _) = databases(reuse_folder)
+    with psycopg.connect(url, autocommit=True) as conn:
+        (left,) = conn.execute("SELECT oid::int FROM pg_database WHERE datname = %s", [spare])
+    assert left[0] != first  # a new copy of the template, not the database the run used
+
+    run(pytester).assert_outcomes(passed=1)
+    assert int((pytester.path / "oid.txt").read_text()) == left[0]  # taken, not copied
+    (spare_after, _) = databases(reuse_folder)
+    assert spare_after == spare
 
 
 SETUP = """
@@ -122,7 +171,12 @@ def test_the_template_is_rebuilt_when_what_made_it_changes(
 
     def summary(result: pytest.RunResult) -> str:
         result.assert_outcomes(passed=1)
-        (line,) = [ln for ln in result.stdout.lines if ln.startswith("pipeweave: local server")]
+        # The spare this run left is there before the next starts, which must not take it
+        # when the template changed.
+        *left, _ = databases(reuse_folder)
+        assert spares(left) == ["main"]
+        # The summary's line: the one printed once the tests are collected has no template yet.
+        *_, line = [ln for ln in result.stdout.lines if ln.startswith("pipeweave: local server")]
         return line.split("; ", 1)[1]
 
     project(1)
@@ -140,8 +194,9 @@ def test_the_template_is_rebuilt_when_what_made_it_changes(
     assert summary(run(pytester)) == "template reused"
     project(4, key="v2")
     assert summary(run(pytester)).startswith("template rebuilt")
-    # Templates no run uses any more are dropped.
-    assert len(databases(reuse_folder)) == 1
+    # Templates no run uses any more are dropped, and their spares with them.
+    spare, template = databases(reuse_folder)
+    assert spare.startswith(SPARE_PREFIX + template.rsplit("_", 1)[1])
 
 
 def kill_postmaster(pid: int) -> None:
@@ -214,7 +269,9 @@ def test_two_runs_at_once_on_one_reused_server(
         assert process.returncode == 0, output
         assert "reused (kept by an earlier run with reuse)" in output
     assert postmaster_pid(reuse_folder) == pid
-    assert len(databases(reuse_folder)) == 1
+    # Both ran in slot "main": one took the spare, and the one left after is the only one.
+    *left, _ = databases(reuse_folder)
+    assert spares(left) == ["main"]
 
 
 def test_the_stop_command_leaves_no_process_or_folder(
