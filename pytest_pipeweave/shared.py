@@ -84,7 +84,9 @@ class SharedServer:
     def _acquire(self) -> ServerInfo:
         with self.run.lock:
             state = self.run.read_state() or RunState()
-            fingerprint = describe_backend(self.settings) if self.settings.reuse else None
+            fingerprint = None
+            if self.settings.reuse:
+                fingerprint = describe_backend(self.settings, self.base / "cache")
             alive = state.server is not None and server_from_state(state.server).is_alive()
             if state.info and alive and state.fingerprint == fingerprint:
                 state.add_owner(self.me)

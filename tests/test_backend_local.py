@@ -17,7 +17,7 @@ from pytest_pipeweave import LocalServer
 from pytest_pipeweave.processes import process_alive
 from pytest_pipeweave.runs import base_dir
 from pytest_pipeweave.servers import local
-from pytest_pipeweave.servers.binaries import server_user
+from pytest_pipeweave.servers.binaries import binary_version, server_user
 
 
 @pytest.fixture
@@ -140,3 +140,20 @@ def test_another_process_recognises_the_server_with_or_without_proc(
         assert not process_alive(server.pid or 0)
     finally:
         server.stop()
+
+
+def test_the_binarys_version_is_kept_until_the_binary_changes(tmp_path: Path) -> None:
+    bin_dir, cache = tmp_path / "bin", tmp_path / "cache"
+    bin_dir.mkdir()
+    cache.mkdir()
+    shutil.copy2(pg_bin() / "postgres", bin_dir / "postgres")
+    ask = binary_version.__wrapped__  # past the per-process cache
+    line = ask(bin_dir, cache)
+    assert line.startswith("postgres (PostgreSQL) ")
+    (kept,) = cache.glob("version-*")
+    kept.write_text("postgres (PostgreSQL) 99.1")
+    assert ask(bin_dir, cache) == "postgres (PostgreSQL) 99.1"  # not started again
+    with (bin_dir / "postgres").open("ab") as binary:  # rebuilt in place: asked again
+        binary.write(b"\0")
+    assert ask(bin_dir, cache) == line
+    assert ask(bin_dir, None) == line

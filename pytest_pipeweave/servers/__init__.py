@@ -56,16 +56,17 @@ def choose_backend(settings: Settings) -> type[Server]:
     raise ServerUnavailable(f"no PostgreSQL server available. Give one of: {remedies}")
 
 
-def describe_backend(settings: Settings) -> str:
+def describe_backend(settings: Settings, cache_dir: Path | None = None) -> str:
     """Which server a run with ``settings`` will use, and where that choice came from.
 
-    Found out without starting anything, for the report header.
+    Found out without starting anything, for the report header; ``cache_dir`` as for
+    ``create_server``.
     """
     source = f"[backend from {settings.source('backend')}]"
     try:
         backend = choose_backend(settings)
         chosen = f"backend {backend.backend}" + (" (auto)" if settings.backend == "auto" else "")
-        return f"{chosen}, {backend.describe(settings)} {source}"
+        return f"{chosen}, {backend.describe(settings, cache_dir)} {source}"
     except ServerUnavailable as exc:
         return f"backend {settings.backend}: {exc} {source}"
 

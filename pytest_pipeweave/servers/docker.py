@@ -118,7 +118,7 @@ class DockerServer:
         return docker_available(settings.docker_host)
 
     @classmethod
-    def describe(cls, settings: Settings) -> str:
+    def describe(cls, settings: Settings, cache_dir: Path | None = None) -> str:
         return f"image {settings.image}"
 
     @classmethod

@@ -114,9 +114,9 @@ class LocalServer:
         return find_pg_bin(settings.pg_bin, settings.source("pg_bin")) is not None
 
     @classmethod
-    def describe(cls, settings: Settings) -> str:
+    def describe(cls, settings: Settings, cache_dir: Path | None = None) -> str:
         bin_dir = cls._bin_dir(settings)
-        return f"PostgreSQL {short_version(binary_version(bin_dir))} from {bin_dir}"
+        return f"PostgreSQL {short_version(binary_version(bin_dir, cache_dir))} from {bin_dir}"
 
     @classmethod
     def create(
@@ -163,7 +163,7 @@ class LocalServer:
                 f"let it through (chmod o+x {closed}), or set PIPEWEAVE_TMPDIR elsewhere"
             )
         bin_dir = usable_bin_dir(self.bin_dir, user, self.cache_dir)
-        self._prepare_data_dir(bin_dir, build_id(bin_dir), user)
+        self._prepare_data_dir(bin_dir, build_id(bin_dir, self.cache_dir), user)
         self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         user.chown(self.socket_dir)
         fixed_port = self.port

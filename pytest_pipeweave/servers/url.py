@@ -41,7 +41,7 @@ class ExistingServer:
         return bool(settings.url)
 
     @classmethod
-    def describe(cls, settings: Settings) -> str:
+    def describe(cls, settings: Settings, cache_dir: Path | None = None) -> str:
         return f"{mask_url(settings.url or '')} (from {settings.source('url')})"
 
     @classmethod
