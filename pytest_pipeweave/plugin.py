@@ -46,6 +46,7 @@ from pytest_pipeweave.fixtures import (  # noqa: F401  (fixtures are found in th
     pipeweave_template_setup,
 )
 from pytest_pipeweave.processes import ProcessId
+from pytest_pipeweave.runs import base_path
 from pytest_pipeweave.servers import describe_backend
 from pytest_pipeweave.session import CONTROLLER_INPUT, PipeweaveSession, ServerReport
 from pytest_pipeweave.settings import SETTINGS, Settings
@@ -137,9 +138,11 @@ def pytest_fixture_setup(
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [f"pipeweave: {describe_backend(PipeweaveSession.of(config).settings)}"]
+    settings = PipeweaveSession.of(config).settings
+    return [f"pipeweave: {describe_backend(settings, base_path(settings.tmpdir) / 'cache')}"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before the terminal's, which prints our report of it
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start (or join) the plugin's server as soon as the tests that need it are known.
 
@@ -151,21 +154,37 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly or not any(_uses_plugin_server(item) for item in session.items):
         return
-    # What the fixtures will need (psycopg above all), imported now: another worker may be
-    # starting the server, and this one waits for it with nothing else to do.
-    importlib.import_module("pytest_pipeweave.databases")
     with contextlib.suppress(ServerUnavailable):  # kept, and reported by the fixtures
         PipeweaveSession.of(config).server()
+    # What the fixtures will need (psycopg above all), imported after the server: a starting
+    # local server boots while its readiness check imports psycopg, on the other core.
+    importlib.import_module("pytest_pipeweave.databases")
 
 
 def _uses_plugin_server(item: pytest.Item) -> bool:
-    """True when ``item`` gets ``pipeweave_server`` from this plugin, not from an override."""
+    """True when ``item`` needs a database and gets it from this plugin's server: neither
+    ``pipeweave_server`` nor ``pipeweave_database_url`` is overridden where it lies. The URL
+    is asked for only when first needed (``_pipeweave_worker_database``), so it is not in the
+    item's fixture closure: its definition is looked up."""
     info = getattr(item, "_fixtureinfo", None)
-    definitions = info.name2fixturedefs.get("pipeweave_server") if info is not None else None
+    if info is None or not _NEEDS_SERVER & set(info.name2fixturedefs):
+        return False
+    return all(_from_plugin(item, name) for name in ("pipeweave_server", "pipeweave_database_url"))
+
+
+_NEEDS_SERVER = {"pipeweave_server", "_pipeweave_worker_database"}
+
+
+def _from_plugin(item: pytest.Item, name: str) -> bool:
+    manager = item.session._fixturemanager
+    try:
+        definitions = manager.getfixturedefs(name, item)
+    except (AttributeError, TypeError):  # pytest < 8.1 takes the item's node id
+        definitions = manager.getfixturedefs(name, item.nodeid)  # type: ignore[arg-type]
     if not definitions:
         return False
     func = definitions[-1].func
-    return f"{func.__module__}.{func.__name__}" == "pytest_pipeweave.fixtures.pipeweave_server"
+    return f"{func.__module__}.{func.__name__}" == f"pytest_pipeweave.fixtures.{name}"
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:

@@ -55,12 +55,11 @@ def test_header_says_backend_version_and_startup_time(pytester: pytest.Pytester)
     pytester.makepyfile(DB_TEST)
     result = run(pytester)
     result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["pipeweave: backend local (auto), PostgreSQL *"])
+    # Started once the tests are collected, before the first of them.
     result.stdout.fnmatch_lines(
-        [
-            "pipeweave: backend local (auto), PostgreSQL *",
-            "collected 1 item",
-            "pipeweave: local server PostgreSQL * started in *.* s *",
-        ]
+        ["collected 1 item", "pipeweave: local server PostgreSQL * started in *.* s *"],
+        consecutive=True,
     )
 
 
