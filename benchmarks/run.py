@@ -679,6 +679,7 @@ def reuse(run: Runner, figs: Figures, repeat: int) -> None:
             warm = run.pytest("test_start_ours.py")
             pgpg = run_tool(run, "test_start_pgpg.py", {"peer": "pytest-postgresql"})
             floor = run.pytest("test_start_floor.py", peer="none")
+            psycopg_floor = run.pytest("test_start_floor_psycopg.py", peer="none")
             firsts = {
                 name: result["timing"]["start_to_first_test"]
                 for name, result in (
@@ -686,10 +687,22 @@ def reuse(run: Runner, figs: Figures, repeat: int) -> None:
                     ("warm", warm),
                     ("pgpg", pgpg),
                     ("floor", floor),
+                    ("psycopg_floor", psycopg_floor),
                 )
             }
             figs.add("reuse.reused_s", firsts["reused"], "PipeWeave with reuse", "s")
             figs.add("reuse.floor_s", firsts["floor"], "floor: pytest alone, one test", "s")
+            figs.add(
+                "reuse.psycopg_floor_s",
+                firsts["psycopg_floor"],
+                "floor: pytest, and importing psycopg in the test's fixture",
+                "s",
+            )
+            figs.ratio(
+                "reuse.psycopg_floor_ratio",
+                firsts["reused"] / firsts["psycopg_floor"],
+                "reused / pytest and psycopg's import",
+            )
             figs.ratio(
                 "reuse.warm_above_floor_ratio",
                 (firsts["warm"] - firsts["floor"]) / (firsts["reused"] - firsts["floor"]),
@@ -1065,6 +1078,14 @@ TARGETS: list[dict[str, Any]] = [
         "peer": "reuse.floor_s",
         "peer_name": "floor: pytest alone, one test",
         "ratio": "reuse.warm_above_floor_ratio",
+        "target": "",
+    },
+    {
+        "what": "Session start to first test, with reuse, above importing psycopg",
+        "ours": "reuse.reused_s",
+        "peer": "reuse.psycopg_floor_s",
+        "peer_name": "floor: pytest, and importing psycopg",
+        "ratio": "reuse.psycopg_floor_ratio",
         "target": "",
     },
     {
