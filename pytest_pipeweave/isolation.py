@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -69,6 +70,10 @@ class WorkerDatabase:
         # The tables named by write notices since the outermost rolled-back transaction began:
         # writes committed by other connections meanwhile (see ``leaks``).
         self.written: set[str] = set()
+        # The pool connections used since the last committed test ended, and whether that
+        # test used the shared async connection: their sessions are cleared after it.
+        self._used: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+        self._async_session_used = False
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[CapturedQueries]:
@@ -160,11 +165,27 @@ class WorkerDatabase:
                     min_size=1,
                     max_size=10,
                     kwargs={"autocommit": True},
-                    check=ConnectionPool.check_connection,
+                    check=self._checked_out,
                     timeout=10,
                     open=True,
                 )
         return self._pool
+
+    def _checked_out(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check at each checkout (its own liveness check), noting that a
+        committed test used ``conn``: its session is cleared once the test is over."""
+        self._used.add(conn)
+        conn.execute("")
+
+    def _clear_sessions(self) -> None:
+        """The pool connections the committed test used, cleared of what it left in their
+        sessions: settings, temporary tables, prepared statements, and advisory locks, which
+        would block later tests while the connection sits idle in the pool."""
+        for conn in list(self._used):
+            if _usable(conn):
+                with contextlib.suppress(psycopg.Error):  # the pool replaces a broken one
+                    conn.execute("DISCARD ALL")
+        self._used.clear()
 
     def _capture(self) -> None:
         """The state committed tests are put back to, captured before the first of them."""
@@ -247,11 +268,17 @@ class WorkerDatabase:
             self.call(conn.execute("SELECT 1"))
         except psycopg.OperationalError:
             conn = self.async_connection()
+        self._async_session_used = True
         return self._observed(AsyncDatabase.bound(conn, statement_savepoints=False))
 
     def reset(self) -> None:
-        """Back to the captured state after a committed test: restore, else copy again."""
+        """Back to the captured state after a committed test: restore, else copy again; and
+        the sessions it used cleared of what it left in them (settings, temporary tables)."""
         assert self._snapshot is not None
+        self._clear_sessions()
+        if self._async_session_used:
+            self._async_session_used = False
+            self._clear_async_session()
         with self._gone_on_failure():
             if self._snapshot.restore(self.connection(), self.written):
                 return
@@ -330,6 +357,18 @@ class WorkerDatabase:
             yield
         except psycopg.OperationalError as exc:
             raise ServerGone(f"the {self.server} stopped answering ({first_line(exc)})") from None
+
+    def _clear_async_session(self) -> None:
+        """The shared async connection as a new one: it carries the async rollback tests'
+        transactions too. DISCARD ALL also ends its LISTEN, which is taken up again."""
+        conn = self._async_conn
+        if conn is None or not _usable(conn):
+            return
+        try:
+            self.call(conn.execute("DISCARD ALL"))
+            _between_tests(conn, leaks.LISTEN)
+        except psycopg.Error:
+            self._close_async_connection()  # the next test connects afresh
 
     def _close_async_connection(self) -> None:
         if self._async_conn is not None:

@@ -8,7 +8,7 @@ import uuid
 import psycopg
 import pytest
 
-from pytest_pipeweave import ServerInfo
+from pytest_pipeweave import ephemeral_server
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
 
@@ -123,22 +123,64 @@ def test_each_committed_test_is_followed_by_the_template_state(
     run(pytester, "-n", workers, "-p", "xdist", "--dist", "loadfile").assert_outcomes(passed=10)
 
 
-def test_a_role_that_is_not_a_superuser_gets_the_same(
-    pytester: pytest.Pytester, pipeweave_server: ServerInfo
-) -> None:
+def test_a_role_that_is_not_a_superuser_gets_the_same(pytester: pytest.Pytester) -> None:
     """Without a superuser the reset checks foreign keys and cannot install the event
     triggers: a parent's reset takes its children's rows with it, and the schema is compared
-    at every reset."""
+    at every reset. On a server of its own: the run's databases would show on a shared one."""
     role = f"role_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pipeweave_server.url(), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB NOSUPERUSER")
-    try:
+    with ephemeral_server() as server:
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB NOSUPERUSER")
         pytester.makeconftest(CONFTEST)
         pytester.makepyfile(SUITE)
-        url = f"postgresql://{role}@127.0.0.1:{pipeweave_server.port}/postgres"
-        if pipeweave_server.socket_dir:
-            url += f"?host={pipeweave_server.socket_dir}"
+        url = f"postgresql://{role}@127.0.0.1:{server.port}/postgres"
+        if server.socket_dir:
+            url += f"?host={server.socket_dir}"
         run(pytester, f"--pipeweave-url={url}").assert_outcomes(passed=8)
-    finally:
-        with psycopg.connect(pipeweave_server.url(), autocommit=True) as conn:
-            conn.execute(f"DROP ROLE {role}")
+
+
+# What a committed test leaves in its connection's session, and what the next one must not see.
+SESSIONS = """
+import pytest
+
+LEAVE = ["SET application_name = 'left'", "CREATE TEMP TABLE left_behind (id int)",
+         "SELECT pg_try_advisory_lock(77)"]
+SEE = ("SELECT current_setting('application_name') AS name, "
+       "to_regclass('pg_temp.left_behind') IS NULL AS no_table, "
+       "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 77) AS locks")
+CLEAN = {"name": "", "no_table": True, "locks": 0}
+
+
+@pytest.mark.pipeweave(committed=True)
+def test_1_leaves(pipeweave_connection):
+    for statement in LEAVE:
+        pipeweave_connection.execute(statement)
+    assert pipeweave_connection.execute(SEE).fetchone()[0] == "left"  # kept for the test
+
+
+@pytest.mark.pipeweave(committed=True)
+def test_2_clean(pipeweave_database):
+    for _ in range(4):  # whichever connection of the pool each statement gets
+        assert pipeweave_database.one(SEE) == CLEAN
+
+
+async def test_3_leaves(pipeweave_async_database_committed):
+    for statement in LEAVE:
+        await pipeweave_async_database_committed.any(statement)
+
+
+async def test_4_clean(pipeweave_async_database_committed):
+    assert await pipeweave_async_database_committed.one(SEE) == CLEAN
+
+
+async def test_5_rolled_back_on_the_same_connection(pipeweave_async_database):
+    assert await pipeweave_async_database.one(SEE) == CLEAN
+    # Still told of other connections' commits (DISCARD ALL ends a LISTEN).
+    listening = await pipeweave_async_database.one("SELECT count(*) AS n FROM pg_listening_channels()")
+    assert listening["n"] == 1
+"""
+
+
+def test_a_committed_test_leaves_nothing_in_its_session(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SESSIONS)
+    run(pytester, "-p", "asyncio", "--asyncio-mode=auto").assert_outcomes(passed=5)
