@@ -1,23 +1,25 @@
 """Every link of the fixture chain overridden in a conftest, serial and under pytest-xdist.
 
-The "user's own server" in these inner runs is the outer run's server (the project's plugin
-started it), reached through ``ServerInfo.from_url``: the inner plugin must start nothing of
-its own, and must leave the outer server's databases as it found them.
+The "user's own server" in these inner runs is one the test starts (``start_local_server``),
+reached through ``ServerInfo.from_url``: the inner plugin must start nothing of its own, and
+must leave that server's databases as it found them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from pytest_pipeweave import ServerInfo
+from pytest_pipeweave import LocalServer, ServerInfo
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
 
 WORKERS = pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
 OUTER = "OUTER_SERVER_URL"
+StartServer = Callable[..., tuple[LocalServer, ServerInfo]]
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -30,10 +32,12 @@ def databases(server: ServerInfo) -> set[str]:
 
 
 @pytest.fixture
-def users_server(pipeweave_server: ServerInfo, monkeypatch: pytest.MonkeyPatch) -> ServerInfo:
-    """The outer server, its URL handed to the inner runs as a user would write it down."""
-    monkeypatch.setenv(OUTER, pipeweave_server.url())
-    return pipeweave_server
+def users_server(start_local_server: StartServer, monkeypatch: pytest.MonkeyPatch) -> ServerInfo:
+    """A server of the test's own (the outer run's is shared with tests that make databases
+    on it meanwhile), its URL handed to the inner runs as a user would write it down."""
+    _, server = start_local_server()
+    monkeypatch.setenv(OUTER, server.url())
+    return server
 
 
 @pytest.fixture
@@ -85,7 +89,7 @@ def test_a_server_of_the_users_own(
         f"""
         import os
         import pytest
-        from pytest_pipeweave import ServerInfo
+        from pytest_pipeweave import LocalServer, ServerInfo
 
         @pytest.fixture(scope="session")
         def pipeweave_server():
