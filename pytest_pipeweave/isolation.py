@@ -179,12 +179,12 @@ class WorkerDatabase:
 
     def _clear_sessions(self) -> None:
         """The pool connections the committed test used, cleared of what it left in their
-        sessions: settings, temporary tables, prepared statements, and advisory locks, which
-        would block later tests while the connection sits idle in the pool."""
+        sessions: settings, temporary tables, cursors, and advisory locks, which would block
+        later tests while the connection sits idle in the pool."""
         for conn in list(self._used):
             if _usable(conn):
                 with contextlib.suppress(psycopg.Error):  # the pool replaces a broken one
-                    conn.execute("DISCARD ALL")
+                    conn.execute(DISCARD, prepare=False)
         self._used.clear()
 
     def _capture(self) -> None:
@@ -360,12 +360,12 @@ class WorkerDatabase:
 
     def _clear_async_session(self) -> None:
         """The shared async connection as a new one: it carries the async rollback tests'
-        transactions too. DISCARD ALL also ends its LISTEN, which is taken up again."""
+        transactions too. Its LISTEN ends with the rest, and is taken up again."""
         conn = self._async_conn
         if conn is None or not _usable(conn):
             return
         try:
-            self.call(conn.execute("DISCARD ALL"))
+            self.call(conn.execute(DISCARD, prepare=False))
             _between_tests(conn, leaks.LISTEN)
         except psycopg.Error:
             self._close_async_connection()  # the next test connects afresh
@@ -411,6 +411,15 @@ class SharedConnection(psycopg.Connection[Any]):
                 "transaction, which pytest-pipeweave rolls back after the test; use "
                 "transaction() for a savepoint, or committed mode for real commits"
             )
+
+
+# DISCARD ALL but for DEALLOCATE ALL, in one round trip: psycopg (3.3) notices that its prepared
+# statements are gone only the first time it sees a DISCARD ALL on a connection, and after the
+# next it would run statements that no longer exist.
+DISCARD = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
+    "SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
+)
 
 
 def _boundaries(depth: int) -> tuple[bytes, bytes]:

@@ -175,12 +175,19 @@ async def test_4_clean(pipeweave_async_database_committed):
 
 async def test_5_rolled_back_on_the_same_connection(pipeweave_async_database):
     assert await pipeweave_async_database.one(SEE) == CLEAN
-    # Still told of other connections' commits (DISCARD ALL ends a LISTEN).
+    # Still told of other connections' commits (the clearing ends a LISTEN).
     listening = await pipeweave_async_database.one("SELECT count(*) AS n FROM pg_listening_channels()")
     assert listening["n"] == 1
+
+
+@pytest.mark.pipeweave(committed=True)
+@pytest.mark.parametrize("n", range(4))
+def test_6_statements_psycopg_prepared_still_run(pipeweave_database, n):
+    for i in range(6):  # psycopg prepares a statement from its sixth run on
+        assert pipeweave_database.one("SELECT %s::int AS i", [i]) == {"i": i}
 """
 
 
 def test_a_committed_test_leaves_nothing_in_its_session(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SESSIONS)
-    run(pytester, "-p", "asyncio", "--asyncio-mode=auto").assert_outcomes(passed=5)
+    run(pytester, "-p", "asyncio", "--asyncio-mode=auto").assert_outcomes(passed=9)
