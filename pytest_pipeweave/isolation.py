@@ -169,6 +169,9 @@ class WorkerDatabase:
                     timeout=10,
                     open=True,
                 )
+                # Its first connection made before the first checkout, which would otherwise
+                # open a second one: each connection a test used is cleared after it.
+                self._pool.wait(timeout=10)
         return self._pool
 
     def _checked_out(self, conn: psycopg.Connection[Any]) -> None:
