@@ -66,6 +66,8 @@ class FolderUnusable(ServerUnavailable):
             message = f"{path} is on a read-only file system: remount it read-write, {elsewhere}"
         elif code in (errno.EACCES, errno.EPERM):
             message = f"no permission to write in {path}: {elsewhere}"
+        elif code == errno.ENOENT and not path.parent.is_dir():
+            message = f"{path.parent} does not exist: create it, {elsewhere}"
         else:
             reason = exc.strerror if exc is not None and exc.strerror else os.strerror(code or 0)
             message = f"cannot use {path} for the servers' folders ({reason}): {elsewhere}"

@@ -178,6 +178,15 @@ def test_a_read_only_servers_folder_is_one_line(
     assert_one_line(result, "is on a read-only file system", "PIPEWEAVE_TMPDIR")
 
 
+def test_a_servers_folder_that_does_not_exist_is_one_line(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    missing = tmp_path / "not-made"
+    result, _ = run(pytester, missing, "--pipeweave-backend=local")
+    assert_one_line(result, f"{missing} does not exist: create it", "PIPEWEAVE_TMPDIR")
+    assert not missing.exists()
+
+
 @needs_binaries
 def test_a_servers_folder_turned_read_only_is_one_line(
     pytester: pytest.Pytester, mount_tmpfs: Callable[..., Path]
