@@ -92,6 +92,8 @@ _WORKER_DATABASES = pytest.StashKey[dict[str, _CopiedDatabase]]()
 # The worker database that holds module or class data open, for the check in
 # ``data_fixture_outlives_class``.
 HOLDING = pytest.StashKey["WorkerDatabase"]()
+# This process's worker database while it is open (``_worker``).
+_OPEN_WORKER = pytest.StashKey["WorkerDatabase"]()
 
 
 def _session(request: pytest.FixtureRequest) -> PipeweaveSession:
@@ -249,8 +251,20 @@ def _pipeweave_worker_database(request: pytest.FixtureRequest) -> Iterator[Worke
     url: str = request.getfixturevalue("pipeweave_database_url")
     copied = request.config.stash.get(_WORKER_DATABASES, {}).get(url)
     database = copied.open() if copied is not None else WorkerDatabase(url)
+    request.config.stash[_OPEN_WORKER] = database
     yield database
+    del request.config.stash[_OPEN_WORKER]
     database.close()
+
+
+def _worker(request: pytest.FixtureRequest) -> WorkerDatabase:
+    """``_pipeweave_worker_database`` for ``pipeweave_database``, from the stash once open:
+    as an argument it cost two fixture definitions a test (pytest 9 makes one for each
+    "request" it meets in a test's chain, behind a cached session fixture too), 17 us."""
+    worker = request.config.stash.get(_OPEN_WORKER, None)
+    if worker is None:
+        worker = request.getfixturevalue("_pipeweave_worker_database")
+    return worker
 
 
 @pytest.fixture(scope="session")
@@ -260,9 +274,7 @@ def pipeweave_config(pipeweave_database_url: str) -> DatabaseConfig:
 
 
 @pytest.fixture
-def pipeweave_database(
-    request: pytest.FixtureRequest, _pipeweave_worker_database: WorkerDatabase
-) -> Iterator[Database]:
+def pipeweave_database(request: pytest.FixtureRequest) -> Iterator[Database]:
     """A Database whose every change is rolled back after the test.
 
     In a test that also asks for ``pipeweave_database_committed`` (or ``pipeweave_env``), or
@@ -272,9 +284,10 @@ def pipeweave_database(
     if _committed_mode(request):
         yield request.getfixturevalue("pipeweave_database_committed")
         return
-    with _one_line_failures(), _pipeweave_worker_database.rolled_back() as db:
+    worker = _worker(request)
+    with _one_line_failures(), worker.rolled_back() as db:
         yield db
-    _report_leaked_commits(request, _pipeweave_worker_database, "the test")
+    _report_leaked_commits(request, worker, "the test")
 
 
 def _report_leaked_commits(
@@ -398,9 +411,14 @@ def pipeweave_seed(pipeweave_database: Database, pipeweave_factory: PipeweaveFac
 def keep_failed_test_data(item: pytest.Item) -> str | None:
     """With ``--pipeweave-keep-failed``: the data a failed test saw, copied into a database of
     its own while the test's fixtures are still up; what the report says of it."""
-    fixtures: dict[str, Any] = getattr(item, "funcargs", {})
-    worker = fixtures.get("_pipeweave_worker_database")
-    if worker is None or not PipeweaveSession.of(item.config).settings.keep_failed:
+    if not PipeweaveSession.of(item.config).settings.keep_failed:
+        return None
+    # The fixtures through which a test reaches the worker database (some by the stash).
+    used = {"pipeweave_database", "_pipeweave_worker_database"} & set(
+        getattr(item, "fixturenames", ())
+    )
+    worker = item.config.stash.get(_OPEN_WORKER, None)
+    if worker is None or not used:
         return None
     copied = item.config.stash.get(_WORKER_DATABASES, {}).get(worker.url)
     if copied is None:

@@ -172,7 +172,9 @@ def _uses_plugin_server(item: pytest.Item) -> bool:
     return all(_from_plugin(item, name) for name in ("pipeweave_server", "pipeweave_database_url"))
 
 
-_NEEDS_SERVER = {"pipeweave_server", "_pipeweave_worker_database"}
+# The fixtures that reach the server: pipeweave_database reaches the worker database through
+# the stash (``fixtures._worker``), not as an argument, so that is not in its closure.
+_NEEDS_SERVER = {"pipeweave_server", "pipeweave_database", "_pipeweave_worker_database"}
 
 
 def _from_plugin(item: pytest.Item, name: str) -> bool:
