@@ -64,10 +64,8 @@ if TYPE_CHECKING:
     from pytest_pipeweave.queries import CapturedQueries
     from pytest_pipeweave.seed import SeedData
 
-COMMITTED_FIXTURES = (
-    "pipeweave_database_committed",
-    "pipeweave_async_database_committed",
-    "pipeweave_env",
+COMMITTED_FIXTURES = frozenset(
+    ("pipeweave_database_committed", "pipeweave_async_database_committed", "pipeweave_env")
 )
 # pytest's names for the plugins that run async tests.
 ASYNC_RUNNERS = ("asyncio", "anyio")
@@ -320,7 +318,7 @@ def _report_leaked_commits(
 
 
 def _committed_mode(request: pytest.FixtureRequest) -> bool:
-    if any(name in request.fixturenames for name in COMMITTED_FIXTURES):
+    if not COMMITTED_FIXTURES.isdisjoint(request.fixturenames):  # a list, built at each read
         return True
     marker = request.node.get_closest_marker("pipeweave")
     if marker is None:
