@@ -38,6 +38,8 @@ TEMPLATE_SUFFIX = "template"
 # The copies of failed tests' data (--pipeweave-keep-failed): outside any run's names, so that
 # the run's end leaves them; a later run with the option drops those of runs that are over.
 FAILED_PREFIX = f"{NAME_PREFIX}failed_"
+# Reusable templates (--pipeweave-reuse): ``<prefix><key digest>``, outliving runs.
+REUSABLE_PREFIX = f"{NAME_PREFIX}template_"
 # With reuse, each run's end leaves a copy of the reusable template for the next run's worker in
 # the same slot ("main", "gw0", ...), made while nobody waits: the next run renames it instead
 # of copying. ``<prefix><template digest>_<slot>``: at most one a slot, dropped with the template.
@@ -74,6 +76,10 @@ def admin_connection(server: ServerInfo) -> Connection:
 def database_name(run_key: str, suffix: str) -> str:
     """``pytest_pipeweave_<run>_<suffix>``: recognisably ours, unique per run."""
     return f"{NAME_PREFIX}{run_key}_{suffix}".lower()
+
+
+def reusable_name(digest: str) -> str:
+    return f"{REUSABLE_PREFIX}{digest}"
 
 
 def spare_name(digest: str, slot: str) -> str:
@@ -131,6 +137,12 @@ def _initialize(url: str, setup: TemplateSetup | None, *, write_notices: bool = 
 
 
 def _create(conn: Connection, name: str, template: str, comment: str | None) -> None:
+    conn.execute(_create_statement(conn, name, template))
+    if comment:
+        _comment(conn, name, comment)
+
+
+def _create_statement(conn: Connection, name: str, template: str) -> sql.Composed:
     """CREATE DATABASE by file copy: on PostgreSQL 15+ the default, WAL_LOG, writes the whole
     template into the WAL, which costs more than copying its files."""
     statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
@@ -138,9 +150,7 @@ def _create(conn: Connection, name: str, template: str, comment: str | None) -> 
     )
     if conn.info.server_version >= 150000:
         statement += sql.SQL(" STRATEGY FILE_COPY")
-    conn.execute(statement)
-    if comment:
-        _comment(conn, name, comment)
+    return statement
 
 
 def _drop(conn: Connection, name: str) -> None:
@@ -198,7 +208,7 @@ def _made_before(name: str, comment: str, cutoff: float, own_run: str) -> bool:
     was made before ``cutoff`` (seconds since the epoch)."""
     if reusable := _REUSABLE.match(comment):
         made = reusable["created"]
-        ours = name == f"{NAME_PREFIX}template_{reusable['key']}"
+        ours = name == reusable_name(reusable["key"])
     elif owned := _RUN_COMMENT.match(comment):
         made = owned["created"]
         ours = owned["run"] != own_run and any(
@@ -306,6 +316,9 @@ class DatabaseJanitor:
     the template, under the run's build lock, and the others reuse it. Names carry the run key
     and the host (``host_label``), comments the host and the time each database was made, so
     that runs from many hosts can share one server and ``drop_older_than`` can reap by age.
+
+    With a reusable template a run takes the spare an earlier one left (``SPARE_PREFIX``) and,
+    as it closes, leaves one for the next.
     """
 
     def __init__(self, server: ServerInfo, run_key: str, *, keep: bool = False) -> None:
@@ -319,9 +332,10 @@ class DatabaseJanitor:
         self._owner = f"pytest-pipeweave run={run_key} host={hostname}"
         self._clock_offset = 0.0  # the server's clock minus ours, for the comments' times
         self._conn: Connection | None = None
-        # With reuse: the reusable template's digest, and the slots copied from it here.
+        # With reuse: the reusable template's digest, and the first slot copied from it here
+        # (one statement is sent without waiting as the janitor closes, so one spare).
         self._spare_digest: str | None = None
-        self._spare_slots: list[str] = []
+        self._spare_slot: str | None = None
         self._open()
         if not server.ephemeral:
             self.drop_dead_runs()
@@ -367,7 +381,7 @@ class DatabaseJanitor:
     def _reusable_template(
         self, setup: TemplateSetup | None, key: TemplateKey, recreate: bool
     ) -> Template:
-        name = f"{NAME_PREFIX}template_{key.digest}"
+        name = reusable_name(key.digest)
         conn = self._admin()
         conn.execute(
             "SELECT pg_advisory_lock_shared(%s)", [self._key_lock(_TEMPLATE_LOCK, key.digest)]
@@ -414,7 +428,7 @@ class DatabaseJanitor:
     def _reusable(self, conn: Connection) -> dict[str, tuple[TemplateKey, str]]:
         """The reusable templates on the server, oldest first: digest -> (key, builder run)."""
         found = {}
-        for _, comment in _commented(conn, f"{NAME_PREFIX}template_"):
+        for _, comment in _commented(conn, REUSABLE_PREFIX):
             match = _REUSABLE.match(comment)
             if match:
                 key = TemplateKey(
@@ -433,7 +447,7 @@ class DatabaseJanitor:
         """Drop reusable template ``digest`` unless a run holds it; whether it was dropped."""
         with _locked_if_free(conn, self._key_lock(_TEMPLATE_LOCK, digest)) as free:
             if free:
-                _drop(conn, f"{NAME_PREFIX}template_{digest}")
+                _drop(conn, reusable_name(digest))
                 self._drop_spares(conn, digest)
             return free
 
@@ -459,14 +473,12 @@ class DatabaseJanitor:
         conn = self._admin()
         if not (self._is_reusable(template) and self._take_spare(conn, suffix, name)):
             _create(conn, name, template, self._comment())
-        if self._is_reusable(template):
-            self._spare_slots.append(suffix)
+        if self._is_reusable(template) and self._spare_slot is None:
+            self._spare_slot = suffix
         return self.server.url(name)
 
     def _is_reusable(self, template: str) -> bool:
-        return self._spare_digest is not None and template == (
-            f"{NAME_PREFIX}template_{self._spare_digest}"
-        )
+        return self._spare_digest is not None and template == reusable_name(self._spare_digest)
 
     def _take_spare(self, conn: Connection, slot: str, name: str) -> bool:
         """The spare of ``slot`` renamed to ``name`` and made the run's, in one transaction
@@ -495,14 +507,10 @@ class DatabaseJanitor:
         reads the connection only between statements), so nobody waits for it. Its backend
         holds the template's shared lock until then, so the template is not dropped meanwhile.
         A spare already there (another run's) makes the copy fail at once, harmlessly."""
-        if self._spare_digest is None or not self._spare_slots:
+        if self._spare_digest is None or self._spare_slot is None:
             return
-        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(spare_name(self._spare_digest, self._spare_slots[0])),
-            sql.Identifier(f"{NAME_PREFIX}template_{self._spare_digest}"),
-        )
-        if conn.info.server_version >= 150000:
-            statement += sql.SQL(" STRATEGY FILE_COPY")
+        spare = spare_name(self._spare_digest, self._spare_slot)
+        statement = _create_statement(conn, spare, reusable_name(self._spare_digest))
         conn.pgconn.send_query(statement.as_bytes(conn))
 
     def recreate(self, template: str, name: str) -> None:
