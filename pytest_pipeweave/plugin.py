@@ -190,9 +190,9 @@ def _from_plugin(item: pytest.Item, name: str) -> bool:
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """How the server started; a server that could not start is said by each test's error,
+    in one line, not here as well."""
     session = PipeweaveSession.of(config)
-    if session.error is not None:
-        return [f"pipeweave: {session.error}"]
     report = session.report()
     return [f"pipeweave: {describe_start(report)}"] if report else []
 
