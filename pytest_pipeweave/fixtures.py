@@ -90,8 +90,10 @@ _WORKER_DATABASES = pytest.StashKey[dict[str, _CopiedDatabase]]()
 # The worker database that holds module or class data open, for the check in
 # ``data_fixture_outlives_class``.
 HOLDING = pytest.StashKey["WorkerDatabase"]()
-# This process's worker database while it is open (``_worker``).
+# This process's worker database while it is open (``_worker``), and the fixtures through
+# which a test reaches it (pipeweave_database through the stash, not as an argument).
 _OPEN_WORKER = pytest.StashKey["WorkerDatabase"]()
+REACHES_WORKER_DATABASE = frozenset(("pipeweave_database", "_pipeweave_worker_database"))
 
 
 def _session(request: pytest.FixtureRequest) -> PipeweaveSession:
@@ -411,12 +413,8 @@ def keep_failed_test_data(item: pytest.Item) -> str | None:
     its own while the test's fixtures are still up; what the report says of it."""
     if not PipeweaveSession.of(item.config).settings.keep_failed:
         return None
-    # The fixtures through which a test reaches the worker database (some by the stash).
-    used = {"pipeweave_database", "_pipeweave_worker_database"} & set(
-        getattr(item, "fixturenames", ())
-    )
     worker = item.config.stash.get(_OPEN_WORKER, None)
-    if worker is None or not used:
+    if worker is None or REACHES_WORKER_DATABASE.isdisjoint(getattr(item, "fixturenames", ())):
         return None
     copied = item.config.stash.get(_WORKER_DATABASES, {}).get(worker.url)
     if copied is None:

@@ -17,6 +17,7 @@ import pytest
 from pipeweave_db import ConfigError
 from pytest_pipeweave.errors import ServerUnavailable
 from pytest_pipeweave.fixtures import (  # noqa: F401  (fixtures are found in the plugin module)
+    REACHES_WORKER_DATABASE,
     _pipeweave_janitor,
     _pipeweave_worker_database,
     data_fixture_outlives_class,
@@ -172,9 +173,8 @@ def _uses_plugin_server(item: pytest.Item) -> bool:
     return all(_from_plugin(item, name) for name in ("pipeweave_server", "pipeweave_database_url"))
 
 
-# The fixtures that reach the server: pipeweave_database reaches the worker database through
-# the stash (``fixtures._worker``), not as an argument, so that is not in its closure.
-_NEEDS_SERVER = {"pipeweave_server", "pipeweave_database", "_pipeweave_worker_database"}
+# The fixtures that reach the server, some of them with nothing behind them in the closure.
+_NEEDS_SERVER = REACHES_WORKER_DATABASE | {"pipeweave_server"}
 
 
 def _from_plugin(item: pytest.Item, name: str) -> bool:
