@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import threading
 from typing import Any
 
 import pytest
@@ -155,11 +156,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly or not any(_uses_plugin_server(item) for item in session.items):
         return
-    with contextlib.suppress(ServerUnavailable):  # kept, and reported by the fixtures
-        PipeweaveSession.of(config).server()
-    # What the fixtures will need (psycopg above all), imported after the server: a starting
-    # local server boots while its readiness check imports psycopg, on the other core.
-    importlib.import_module("pytest_pipeweave.databases")
+    # What the fixtures will need (psycopg above all, tens of ms) is imported on another
+    # thread meanwhile: the start mostly waits for other processes (cp, initdb, postgres).
+    imports = threading.Thread(target=_import_quietly, args=("pytest_pipeweave.databases",))
+    imports.start()
+    try:
+        with contextlib.suppress(ServerUnavailable):  # kept, and reported by the fixtures
+            PipeweaveSession.of(config).server()
+    finally:
+        imports.join()
+
+
+def _import_quietly(module: str) -> None:
+    """Import ``module`` ahead of its use; a failure is left for that use to raise."""
+    with contextlib.suppress(Exception):
+        importlib.import_module(module)
 
 
 def _uses_plugin_server(item: pytest.Item) -> bool:

@@ -145,8 +145,6 @@ class LocalServer:
         return self.workdir / "postgres.log"
 
     def start(self) -> ServerInfo:
-        import psycopg
-
         socket_path = self.socket_dir / ".s.PGSQL.65535"
         if len(str(socket_path).encode()) > MAX_SOCKET_PATH:
             raise ServerUnavailable(
@@ -178,6 +176,8 @@ class LocalServer:
             raise ServerUnavailable(f"postgres found no free port ({self.log_file})")
         self.port = port
         self._launched_with = (bin_dir, user)
+        import psycopg
+
         with psycopg.connect(**self._admin_params(port)) as conn:
             version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
             if self.password is not None:
@@ -336,6 +336,7 @@ class LocalServer:
         self.pid = self._process.pid
 
     def _wait_ready(self, port: int) -> bool:
+        # Imported once postgres is launched: the import (tens of ms) overlaps its boot.
         import psycopg
 
         params = self._admin_params(port)
