@@ -386,7 +386,10 @@ def pipeweave_connection(
         with _one_line_failures(), _pipeweave_worker_database.committed_connection() as conn:
             yield conn
         return
-    yield _pipeweave_worker_database.connection()
+    conn = _pipeweave_worker_database.connection()
+    with _one_line_failures():
+        conn.settle()  # so that code under test finds the transaction begun, as it reads it
+    yield conn
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import psycopg
@@ -58,7 +59,7 @@ class WorkerDatabase:
         self._conn: SharedConnection | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._snapshot: DatabaseSnapshot | None = None
-        self._async_conn: psycopg.AsyncConnection[Any] | None = None
+        self._async_conn: SharedAsyncConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # The scopes ("module", "class") whose transactions are open, outermost first, on the
         # shared connection and on the async one.
@@ -106,27 +107,33 @@ class WorkerDatabase:
         """A Database inside a transaction on the shared connection, rolled back at the end.
 
         Inside a transaction held for a module or class it is a savepoint; ``holder`` names
-        the scope that this one is held for. BEGIN doubles as a liveness check: a server that
-        died since the last test shows here, as ServerGone, not as a hang or a confusing error
-        inside the test. Both ends are sent straight through libpq, as between async tests:
-        psycopg's transaction() costs as much again in Python, twice a test.
+        the scope that this one is held for. A server that closed the connection since the
+        last test (stopped, restarted) shows here: the test gets a new connection, or
+        ServerGone, not a confusing error inside it. BEGIN is sent without waiting for its
+        answer (``SharedConnection``), and ROLLBACK straight through libpq, as between async
+        tests: psycopg's transaction() costs as much again in Python, twice a test.
         """
         if self.held and not _usable(self._conn):
             raise self._held_data_lost(self.held)
         depth = len(self.held)
         begin, end = _boundaries(depth)
         conn = self.connection()
-        try:
-            _between_tests(conn, begin)
-        except psycopg.OperationalError:
-            if depth:
-                raise self._held_data_lost(self.held) from None
-            conn = self.connection()
+        # What was committed before it began is no one's leak.
+        before_test = self.written if depth == 0 else None
+        if _quiet(conn):
             with self._gone_on_failure():
+                conn.send_ahead(begin, before_test)
+        else:  # a notice, or the server closing the connection: the round trip tells which
+            try:
                 _between_tests(conn, begin)
-        if depth == 0:
-            # What was committed before it began is no one's leak.
-            leaks.received(conn.pgconn, self.written).clear()
+            except psycopg.OperationalError:
+                if depth:
+                    raise self._held_data_lost(self.held) from None
+                conn = self.connection()
+                with self._gone_on_failure():
+                    _between_tests(conn, begin)
+            if before_test is not None:
+                leaks.received(conn.pgconn, before_test).clear()
         if holder is not None:
             self.held.append(holder)
         conn.test_transactions += 1
@@ -137,6 +144,7 @@ class WorkerDatabase:
             if holder is not None:
                 self.held.pop()
             try:
+                conn.settle()
                 _between_tests(conn, end)
             except psycopg.OperationalError:
                 if _usable(conn):
@@ -211,13 +219,13 @@ class WorkerDatabase:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(coroutine)
 
-    def async_connection(self) -> psycopg.AsyncConnection[Any]:
+    def async_connection(self) -> SharedAsyncConnection:
         """The shared async autocommit connection, reopened if a test closed or broke it."""
         conn = self._async_conn
         if conn is None or conn.closed or conn.broken:
             with self._gone_on_failure():
                 conn = self.call(
-                    psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
+                    SharedAsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
                 )
                 _between_tests(conn, leaks.LISTEN)
             conn.add_notify_handler(leaks.collector(self.written))
@@ -236,17 +244,22 @@ class WorkerDatabase:
         depth = len(self.async_held)
         begin, end = _boundaries(depth)
         conn = self.async_connection()
-        try:
-            _between_tests(conn, begin)
-        except psycopg.OperationalError:  # the server restarted, or is gone
-            self._close_async_connection()
-            if depth:
-                raise self._held_data_lost(self.async_held) from None
-            conn = self.async_connection()
+        before_test = self.written if depth == 0 else None
+        if _quiet(conn):
             with self._gone_on_failure():
+                conn.send_ahead(begin, before_test)
+        else:
+            try:
                 _between_tests(conn, begin)
-        if depth == 0:
-            leaks.received(conn.pgconn, self.written).clear()
+            except psycopg.OperationalError:  # the server restarted, or is gone
+                self._close_async_connection()
+                if depth:
+                    raise self._held_data_lost(self.async_held) from None
+                conn = self.async_connection()
+                with self._gone_on_failure():
+                    _between_tests(conn, begin)
+            if before_test is not None:
+                leaks.received(conn.pgconn, before_test).clear()
         if holder is not None:
             self.async_held.append(holder)
         try:
@@ -255,6 +268,7 @@ class WorkerDatabase:
             if holder is not None:
                 self.async_held.pop()
             try:
+                conn.settle()
                 _between_tests(conn, end)
             except psycopg.OperationalError:
                 self._close_async_connection()
@@ -299,7 +313,10 @@ class WorkerDatabase:
         """What the test sees now copied into the database at ``target_url`` (of the same
         schema): through its transaction in rollback mode, its own writes included. Returns
         what was left out, or ""."""
-        conn: psycopg.Connection[Any] = self.connection()
+        shared = self.connection()
+        with self._gone_on_failure():
+            shared.settle()  # the test's BEGIN, if it has not used the connection yet
+        conn: psycopg.Connection[Any] = shared
         status = conn.info.transaction_status
         missing = ""
         if status == psycopg.pq.TransactionStatus.INERROR:
@@ -392,12 +409,70 @@ class WorkerDatabase:
             self._conn = None
 
 
-class SharedConnection(psycopg.Connection[Any]):
+class _SentAhead:
+    """A test's BEGIN (or SAVEPOINT) sent as the test is set up, its answer read at the
+    connection's first use in the test, or at its end: the round trip overlaps pytest's own
+    work meanwhile, and the transaction still begins when the test does (``now()``).
+
+    psycopg does not know of the command in flight, so each of its ways of sending reads the
+    answer first: ``_start_query`` (every cursor's query, COPY), ``_exec_command`` (commit,
+    and what psycopg sends of its own), and in the classes ``transaction()`` (which reads
+    the transaction's state) and ``pipeline()`` (libpq enters pipeline mode only idle).
+    """
+
+    pgconn: psycopg.pq.abc.PGconn
+    _sent: bytes | None = None
+    _before_test: set[str] | None = None
+
+    def send_ahead(self, command: bytes, before_test: set[str] | None = None) -> None:
+        """Send ``command``, to be answered by ``settle()``; the write notices read before its
+        answer are cleared from ``before_test`` (what was committed before the test began)."""
+        self.settle()
+        self.pgconn.send_query(command)
+        self._sent, self._before_test = command, before_test
+
+    def settle(self) -> None:
+        """The answer to the command sent ahead, read if it is not yet (waiting, as PQexec)."""
+        command, self._sent = self._sent, None
+        if command is None:
+            return
+        failure = None
+        while (result := self.pgconn.get_result()) is not None:
+            if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                message = result.error_message.decode(errors="replace").strip()
+                failure = message or f"{command.decode()} failed"
+        if self._before_test is not None:
+            leaks.received(self.pgconn, self._before_test).clear()
+        if failure is not None:
+            raise psycopg.OperationalError(failure)
+
+    def _start_query(self) -> Any:
+        self.settle()
+        return super()._start_query()  # type: ignore[misc]
+
+    def _exec_command(self, *args: Any, **kwargs: Any) -> Any:
+        self.settle()
+        return super()._exec_command(*args, **kwargs)  # type: ignore[misc]
+
+
+class SharedConnection(_SentAhead, psycopg.Connection[Any]):
     """The shared connection of rollback-mode tests: while a test's transaction is open on
     it, ``commit()`` and ``rollback()`` raise, as psycopg's do inside ``transaction()``, so
     that code under test handed it (``pipeweave_connection``) cannot end that transaction."""
 
     test_transactions = 0
+
+    @contextlib.contextmanager
+    def transaction(self, *args: Any, **kwargs: Any) -> Iterator[psycopg.Transaction]:
+        self.settle()  # before psycopg reads the transaction's state: a savepoint, then
+        with super().transaction(*args, **kwargs) as transaction:
+            yield transaction
+
+    @contextlib.contextmanager
+    def pipeline(self) -> Iterator[psycopg.Pipeline]:
+        self.settle()
+        with super().pipeline() as pipeline:
+            yield pipeline
 
     def commit(self) -> None:
         self._refuse("commit")
@@ -414,6 +489,24 @@ class SharedConnection(psycopg.Connection[Any]):
                 "transaction, which pytest-pipeweave rolls back after the test; use "
                 "transaction() for a savepoint, or committed mode for real commits"
             )
+
+
+class SharedAsyncConnection(_SentAhead, psycopg.AsyncConnection[Any]):
+    """The shared connection of async rollback-mode tests (``_SentAhead``)."""
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[psycopg.AsyncTransaction]:
+        self.settle()
+        async with super().transaction(*args, **kwargs) as transaction:
+            yield transaction
+
+    @contextlib.asynccontextmanager
+    async def pipeline(self) -> AsyncIterator[psycopg.AsyncPipeline]:
+        self.settle()
+        async with super().pipeline() as pipeline:
+            yield pipeline
 
 
 # DISCARD ALL but for DEALLOCATE ALL, in one round trip: psycopg (3.3) notices that its prepared
@@ -438,6 +531,16 @@ def _boundaries(depth: int) -> tuple[bytes, bytes]:
 
 def _usable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> bool:
     return conn is not None and not conn.closed and not conn.broken
+
+
+def _quiet(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether nothing came on ``conn`` since its last use, told without a round trip: between
+    tests something comes only with a notice, or as the server closes the connection
+    (stopped, restarted, its backend ended)."""
+    try:
+        return not select.select([conn.pgconn.socket], [], [], 0)[0]
+    except (OSError, psycopg.OperationalError):
+        return False
 
 
 def _between_tests(

@@ -30,6 +30,11 @@ async def test_writes_and_fails(pipeweave_async_database):
     raise AssertionError("the test fails: its rows must still go")
 
 {mark}
+async def test_a_tx_as_the_first_statement_is_rolled_back(pipeweave_async_database):
+    async with pipeweave_async_database.tx() as t:
+        await t.none(INSERT, ["in-tx"])
+
+{mark}
 @pytest.mark.parametrize("i", range(6))
 async def test_starts_empty(i, pipeweave_async_database, pipeweave_async_factory):
     assert (await pipeweave_async_database.one(COUNT))["n"] == 0
@@ -79,7 +84,7 @@ def test_rollback_isolation_with_every_runner_and_loop_scope(
         pytester.makeconftest(ANYIO_BACKEND)
     pytester.makepyfile(ISOLATION.format(mark=mark))
     result = run(pytester, "-rf", *workers)
-    result.assert_outcomes(passed=8, failed=1)
+    result.assert_outcomes(passed=9, failed=1)
     result.stdout.fnmatch_lines(["FAILED *::test_writes_and_fails*"])
 
 

@@ -38,6 +38,24 @@ def test_code_under_test_cannot_end_the_transaction(pipeweave_connection):
         pipeweave_connection.execute(INSERT, ["y"])
 
 
+def test_a_transaction_block_as_the_first_statement_is_a_savepoint(pipeweave_connection):
+    with pipeweave_connection.transaction():
+        pipeweave_connection.execute(INSERT, ["in-block"])
+    assert pipeweave_connection.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+
+def test_a_tx_as_the_first_statement_is_a_savepoint(pipeweave_database):
+    with pipeweave_database.tx() as tx:
+        tx.none(INSERT, ["in-tx"])
+
+
+def test_a_copy_as_the_first_statement_is_rolled_back(pipeweave_connection):
+    with pipeweave_connection.cursor().copy(
+        "COPY services (id, version, base_url) FROM STDIN"
+    ) as copy:
+        copy.write_row(["copied", "1", "u"])
+
+
 def test_nothing_of_the_earlier_tests_is_left(pipeweave_database):
     assert count(pipeweave_database) == 0
 
@@ -101,4 +119,59 @@ def test_pipeweave_connection_and_sqlalchemy(pytester: pytest.Pytester, workers:
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-p", "no:asyncio", *workers, timeout=180
     )
-    result.assert_outcomes(passed=8)
+    result.assert_outcomes(passed=11)
+
+
+BACKEND_ENDED = """
+import time
+
+import psycopg
+import pytest
+
+PIDS = {}
+PID = "SELECT pg_backend_pid() AS pid"
+
+
+def end_backend(url, pid):
+    with psycopg.connect(url, autocommit=True) as other:
+        assert other.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0]
+        deadline = time.monotonic() + 10
+        gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+        while other.execute(gone, [pid]).fetchone()[0]:
+            assert time.monotonic() < deadline, "the backend did not end"
+            time.sleep(0.01)
+
+
+def test_sync_first(pipeweave_database):
+    PIDS["sync"] = pipeweave_database.one(PID)["pid"]
+
+
+@pytest.mark.asyncio
+async def test_async_first(pipeweave_async_database):
+    PIDS["async"] = (await pipeweave_async_database.one(PID))["pid"]
+
+
+def test_their_backends_end_between_tests(pipeweave_database_url):
+    end_backend(pipeweave_database_url, PIDS["sync"])
+    end_backend(pipeweave_database_url, PIDS["async"])
+
+
+def test_sync_after(pipeweave_database):
+    assert pipeweave_database.one(PID)["pid"] != PIDS["sync"]
+
+
+@pytest.mark.asyncio
+async def test_async_after(pipeweave_async_database):
+    assert (await pipeweave_async_database.one(PID))["pid"] != PIDS["async"]
+"""
+
+
+def test_a_connection_whose_backend_ended_between_tests_is_replaced(
+    pytester: pytest.Pytester,
+) -> None:
+    """The server closing the shared connections while no test runs (a restart, an
+    administrator's pg_terminate_backend) costs the next tests nothing but a new connection."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_backend_ended=BACKEND_ENDED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", timeout=120)
+    result.assert_outcomes(passed=5)
