@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import select
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import psycopg
@@ -462,17 +462,17 @@ class SharedConnection(_SentAhead, psycopg.Connection[Any]):
 
     test_transactions = 0
 
-    @contextlib.contextmanager
-    def transaction(self, *args: Any, **kwargs: Any) -> Iterator[psycopg.Transaction]:
+    # Settled as the block is made, not entered: psycopg's own context managers, unwrapped
+    # (a statement in a test goes through pipeline()).
+    def transaction(
+        self, *args: Any, **kwargs: Any
+    ) -> contextlib._GeneratorContextManager[psycopg.Transaction]:
         self.settle()  # before psycopg reads the transaction's state: a savepoint, then
-        with super().transaction(*args, **kwargs) as transaction:
-            yield transaction
+        return super().transaction(*args, **kwargs)
 
-    @contextlib.contextmanager
-    def pipeline(self) -> Iterator[psycopg.Pipeline]:
+    def pipeline(self) -> contextlib._GeneratorContextManager[psycopg.Pipeline]:
         self.settle()
-        with super().pipeline() as pipeline:
-            yield pipeline
+        return super().pipeline()
 
     def commit(self) -> None:
         self._refuse("commit")
@@ -494,19 +494,15 @@ class SharedConnection(_SentAhead, psycopg.Connection[Any]):
 class SharedAsyncConnection(_SentAhead, psycopg.AsyncConnection[Any]):
     """The shared connection of async rollback-mode tests (``_SentAhead``)."""
 
-    @contextlib.asynccontextmanager
-    async def transaction(
+    def transaction(
         self, *args: Any, **kwargs: Any
-    ) -> AsyncIterator[psycopg.AsyncTransaction]:
+    ) -> contextlib._AsyncGeneratorContextManager[psycopg.AsyncTransaction]:
         self.settle()
-        async with super().transaction(*args, **kwargs) as transaction:
-            yield transaction
+        return super().transaction(*args, **kwargs)
 
-    @contextlib.asynccontextmanager
-    async def pipeline(self) -> AsyncIterator[psycopg.AsyncPipeline]:
+    def pipeline(self) -> contextlib._AsyncGeneratorContextManager[psycopg.AsyncPipeline]:
         self.settle()
-        async with super().pipeline() as pipeline:
-            yield pipeline
+        return super().pipeline()
 
 
 # DISCARD ALL but for DEALLOCATE ALL, in one round trip: psycopg (3.3) notices that its prepared
