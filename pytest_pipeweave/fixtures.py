@@ -91,9 +91,11 @@ _WORKER_DATABASES = pytest.StashKey[dict[str, _CopiedDatabase]]()
 # ``data_fixture_outlives_class``.
 HOLDING = pytest.StashKey["WorkerDatabase"]()
 # This process's worker database while it is open (``_worker``), and the fixtures through
-# which a test reaches it (pipeweave_database through the stash, not as an argument).
+# which a test reaches it (the two per-test databases through the stash, not as an argument).
 _OPEN_WORKER = pytest.StashKey["WorkerDatabase"]()
-REACHES_WORKER_DATABASE = frozenset(("pipeweave_database", "_pipeweave_worker_database"))
+REACHES_WORKER_DATABASE = frozenset(
+    ("pipeweave_database", "pipeweave_async_database", "_pipeweave_worker_database")
+)
 
 
 def _session(request: pytest.FixtureRequest) -> PipeweaveSession:
@@ -258,9 +260,9 @@ def _pipeweave_worker_database(request: pytest.FixtureRequest) -> Iterator[Worke
 
 
 def _worker(request: pytest.FixtureRequest) -> WorkerDatabase:
-    """``_pipeweave_worker_database`` for ``pipeweave_database``, from the stash once open:
-    as an argument it cost two fixture definitions a test (pytest 9 makes one for each
-    "request" it meets in a test's chain, behind a cached session fixture too), 17 us."""
+    """``_pipeweave_worker_database`` for ``pipeweave_database`` and the async one, from the
+    stash once open: as an argument it cost two fixture definitions a test (pytest 9 makes
+    one for each "request" it meets in a test's chain, behind a cached session fixture too)."""
     worker = request.config.stash.get(_OPEN_WORKER, None)
     if worker is None:
         worker = request.getfixturevalue("_pipeweave_worker_database")
@@ -564,9 +566,7 @@ def _require_async_runner(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-def pipeweave_async_database(
-    request: pytest.FixtureRequest, _pipeweave_worker_database: WorkerDatabase
-) -> Iterator[AsyncDatabase]:
+def pipeweave_async_database(request: pytest.FixtureRequest) -> Iterator[AsyncDatabase]:
     """An AsyncDatabase whose every change is rolled back after the test.
 
     As ``pipeweave_database``: ``tx()`` in code under test is a savepoint, a failing statement
@@ -577,9 +577,10 @@ def pipeweave_async_database(
     if _committed_mode(request):
         yield request.getfixturevalue("pipeweave_async_database_committed")
         return
-    with _one_line_failures(), _pipeweave_worker_database.async_rolled_back() as db:
+    worker = _worker(request)
+    with _one_line_failures(), worker.async_rolled_back() as db:
         yield db
-    _report_leaked_commits(request, _pipeweave_worker_database, "the test")
+    _report_leaked_commits(request, worker, "the test")
 
 
 @pytest.fixture
