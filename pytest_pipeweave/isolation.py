@@ -37,6 +37,7 @@ from pytest_pipeweave.restore import DatabaseSnapshot, copy_data
 
 T = TypeVar("T")
 DB = TypeVar("DB", Database, AsyncDatabase)
+C = TypeVar("C", "SharedConnection", "SharedAsyncConnection")
 
 
 class WorkerDatabase:
@@ -117,23 +118,7 @@ class WorkerDatabase:
             raise self._held_data_lost(self.held)
         depth = len(self.held)
         begin, end = _boundaries(depth)
-        conn = self.connection()
-        # What was committed before it began is no one's leak.
-        before_test = self.written if depth == 0 else None
-        if _quiet(conn):
-            with self._gone_on_failure():
-                conn.send_ahead(begin, before_test)
-        else:  # a notice, or the server closing the connection: the round trip tells which
-            try:
-                _between_tests(conn, begin)
-            except psycopg.OperationalError:
-                if depth:
-                    raise self._held_data_lost(self.held) from None
-                conn = self.connection()
-                with self._gone_on_failure():
-                    _between_tests(conn, begin)
-            if before_test is not None:
-                leaks.received(conn.pgconn, before_test).clear()
+        conn = self._begin(self.connection(), begin, self.held, self.connection)
         if holder is not None:
             self.held.append(holder)
         conn.test_transactions += 1
@@ -243,23 +228,7 @@ class WorkerDatabase:
             raise self._held_data_lost(self.async_held)
         depth = len(self.async_held)
         begin, end = _boundaries(depth)
-        conn = self.async_connection()
-        before_test = self.written if depth == 0 else None
-        if _quiet(conn):
-            with self._gone_on_failure():
-                conn.send_ahead(begin, before_test)
-        else:
-            try:
-                _between_tests(conn, begin)
-            except psycopg.OperationalError:  # the server restarted, or is gone
-                self._close_async_connection()
-                if depth:
-                    raise self._held_data_lost(self.async_held) from None
-                conn = self.async_connection()
-                with self._gone_on_failure():
-                    _between_tests(conn, begin)
-            if before_test is not None:
-                leaks.received(conn.pgconn, before_test).clear()
+        conn = self._begin(self.async_connection(), begin, self.async_held, self._reconnect_async)
         if holder is not None:
             self.async_held.append(holder)
         try:
@@ -389,6 +358,33 @@ class WorkerDatabase:
             _between_tests(conn, leaks.LISTEN)
         except psycopg.Error:
             self._close_async_connection()  # the next test connects afresh
+
+    def _begin(self, conn: C, begin: bytes, held: list[str], reconnect: Callable[[], C]) -> C:
+        """``begin`` sent on ``conn`` for a test, ahead (``_SentAhead``) when nothing came on it
+        since its last use; else with a round trip, which tells a notice from a server that
+        closed the connection, and then on a connection from ``reconnect``: the connection
+        the test's transaction is on."""
+        # What was committed before the test began is no one's leak.
+        before_test = None if held else self.written
+        if _quiet(conn):
+            with self._gone_on_failure():
+                conn.send_ahead(begin, before_test)
+            return conn
+        try:
+            _between_tests(conn, begin)
+        except psycopg.OperationalError:  # the server restarted, or is gone
+            if held:
+                raise self._held_data_lost(held) from None
+            conn = reconnect()
+            with self._gone_on_failure():
+                _between_tests(conn, begin)
+        if before_test is not None:
+            leaks.received(conn.pgconn, before_test).clear()
+        return conn
+
+    def _reconnect_async(self) -> SharedAsyncConnection:
+        self._close_async_connection()
+        return self.async_connection()
 
     def _close_async_connection(self) -> None:
         if self._async_conn is not None:
