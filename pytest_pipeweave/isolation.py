@@ -528,10 +528,16 @@ def _usable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None)
 def _quiet(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether nothing came on ``conn`` since its last use, told without a round trip: between
     tests something comes only with a notice, or as the server closes the connection
-    (stopped, restarted, its backend ended)."""
+    (stopped, restarted, its backend ended). poll(), where there is one: select() refuses
+    sockets numbered above 1023, as a process with many files open has."""
     try:
-        return not select.select([conn.pgconn.socket], [], [], 0)[0]
-    except (OSError, psycopg.OperationalError):
+        socket = conn.pgconn.socket
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(socket, select.POLLIN)
+            return not poller.poll(0)
+        return not select.select([socket], [], [], 0)[0]
+    except (OSError, ValueError, psycopg.OperationalError):
         return False
 
 

@@ -175,3 +175,33 @@ def test_a_connection_whose_backend_ended_between_tests_is_replaced(
     pytester.makepyfile(test_backend_ended=BACKEND_ENDED)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", timeout=120)
     result.assert_outcomes(passed=5)
+
+
+HIGH_SOCKETS = """
+import os
+
+import pytest
+
+# Enough open files that the shared connections' sockets come above select()'s FD_SETSIZE.
+HELD = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_sync(pipeweave_connection, pipeweave_database, n):
+    assert pipeweave_connection.pgconn.socket > 1024
+    assert pipeweave_database.one("SELECT %s::int AS n", [n])["n"] == n
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("n", range(3))
+async def test_async(pipeweave_async_database, n):
+    assert (await pipeweave_async_database.one("SELECT %s::int AS n", [n]))["n"] == n
+"""
+
+
+def test_connections_whose_sockets_are_above_1024_work(pytester: pytest.Pytester) -> None:
+    """A process with many files open (a large suite) has sockets that select() refuses."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_high_sockets=HIGH_SOCKETS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=6)
