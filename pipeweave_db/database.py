@@ -8,8 +8,9 @@ uses). Both answer the same calls, so code under test cannot tell them apart.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
 from typing import Any, TypeAlias
 
@@ -94,6 +95,10 @@ class Database:
         self._conn = conn
         self._owns_pool = owns_pool
         self._statement_savepoints = statement_savepoints
+        # On one connection, threads take turns: a statement (its savepoint and the statement
+        # are one psycopg pipeline, which one thread at a time may use) and a tx() block, in
+        # which the thread holding it may go on using this Database, as AsyncDatabase's tasks.
+        self._turns = threading.RLock() if conn is not None else None
         # False until a first direct connection has shown the settings work (see _acquire).
         self._verified = verified
         self._closed = False
@@ -148,7 +153,7 @@ class Database:
 
         Use the Database it yields inside the block. A ``tx()`` inside a ``tx()`` is a savepoint.
         """
-        with self._connection() as conn, conn.transaction():
+        with self._connection() as conn, self._turn(), conn.transaction():
             inner = Database.bound(conn, statement_savepoints=False)
             inner.config = self.config
             inner.observer = self.observer
@@ -187,7 +192,7 @@ class Database:
     # -- plumbing -------------------------------------------------------------------------
 
     def _run(self, query: Query, params: Params) -> tuple[list[Row], int]:
-        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._connection() as conn, self._turn(), conn.cursor(row_factory=dict_row) as cur:
             if self._statement_savepoints and PIPELINES:
                 return _in_savepoint(conn, cur, query, params)
             if self._statement_savepoints:  # libpq before 14
@@ -196,6 +201,9 @@ class Database:
                     return _last_result(cur)
             cur.execute(query, params)
             return _last_result(cur)
+
+    def _turn(self) -> AbstractContextManager[Any]:
+        return self._turns if self._turns is not None else nullcontext()
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:

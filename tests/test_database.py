@@ -216,6 +216,41 @@ def test_rollback_fixture_gives_a_bound_database(pipeweave_database: Database) -
     assert "bound" in repr(pipeweave_database)
 
 
+@pytest.mark.parametrize("round_", range(5))
+def test_threads_take_turns_on_a_bound_database(pipeweave_database: Database, round_: int) -> None:
+    """Code under test that hands the test's Database to threads: each statement (a psycopg
+    pipeline with its savepoint) and each tx() block has the connection to itself."""
+    threads, per_thread = 6, 20
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        start.wait(timeout=10)
+        try:
+            for i in range(per_thread):
+                if i % 2:
+                    with pipeweave_database.tx() as t:
+                        t.one(INSERT_SERVICE, [f"t{n}-{i}", "1", "u"])
+                        assert (
+                            t.one(
+                                "SELECT count(*) AS n FROM services WHERE id = %s", [f"t{n}-{i}"]
+                            )["n"]
+                            == 1
+                        )
+                else:
+                    pipeweave_database.one(INSERT_SERVICE, [f"t{n}-{i}", "1", "u"])
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert not errors, errors
+    assert count(pipeweave_database) == threads * per_thread
+
+
 # -- lifetime, pools, errors ---------------------------------------------------------------------
 
 
