@@ -459,15 +459,18 @@ class SharedConnection(_SentAhead, psycopg.Connection[Any]):
     test_transactions = 0
 
     # Settled as the block is made, not entered: psycopg's own context managers, unwrapped
-    # (a statement in a test goes through pipeline()).
+    # (a statement in a test goes through pipeline()). Under psycopg's lock, as its other
+    # ways of sending are, so that two threads never read the answer at once.
     def transaction(
         self, *args: Any, **kwargs: Any
     ) -> contextlib._GeneratorContextManager[psycopg.Transaction]:
-        self.settle()  # before psycopg reads the transaction's state: a savepoint, then
+        with self.lock:
+            self.settle()  # before psycopg reads the transaction's state: a savepoint, then
         return super().transaction(*args, **kwargs)
 
     def pipeline(self) -> contextlib._GeneratorContextManager[psycopg.Pipeline]:
-        self.settle()
+        with self.lock:
+            self.settle()
         return super().pipeline()
 
     def commit(self) -> None:
