@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 pytestmark = pytest.mark.usefixtures("pipeweave_inner_env")
@@ -205,3 +206,34 @@ def test_connections_whose_sockets_are_above_1024_work(pytester: pytest.Pytester
     pytester.makepyfile(test_high_sockets=HIGH_SOCKETS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=6)
+
+
+@pytest.mark.parametrize("first_use", ["execute", "copy", "commit", "transaction", "pipeline"])
+def test_each_way_of_sending_reads_the_begin_sent_ahead_first(
+    pipeweave_database_url: str, first_use: str
+) -> None:
+    """psycopg does not know of the BEGIN in flight: whichever way the connection is used
+    first reads its answer, and the statement runs inside that transaction."""
+    from pytest_pipeweave.isolation import SharedConnection
+
+    with SharedConnection.connect(pipeweave_database_url, autocommit=True) as conn:
+        conn.send_ahead(b"BEGIN")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
+        if first_use == "execute":
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        elif first_use == "copy":
+            with conn.cursor().copy("COPY (SELECT 1) TO STDOUT") as copy:
+                assert [bytes(data) for data in copy] == [b"1\n"]
+        elif first_use == "commit":
+            conn.commit()  # as psycopg would after a BEGIN it had waited for: COMMIT
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            return
+        elif first_use == "transaction":
+            with conn.transaction():
+                conn.execute("SELECT 1")
+        else:
+            with conn.pipeline():
+                conn.execute("SELECT 1")
+        status = conn.info.transaction_status
+        assert status == psycopg.pq.TransactionStatus.INTRANS, first_use
+        conn.execute("ROLLBACK")
