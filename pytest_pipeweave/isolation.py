@@ -434,9 +434,7 @@ class _SentAhead:
             return
         failure = None
         while (result := self.pgconn.get_result()) is not None:
-            if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
-                message = result.error_message.decode(errors="replace").strip()
-                failure = message or f"{command.decode()} failed"
+            failure = _failure(result, command) or failure
         if self._before_test is not None:
             leaks.received(self.pgconn, self._before_test).clear()
         if failure is not None:
@@ -553,7 +551,14 @@ def _between_tests(
     documentation says so), and psycopg reads the transaction's state back from libpq: this is
     a fraction of the cost of running the coroutine on a loop, twice a test.
     """
-    result = conn.pgconn.exec_(command)
-    if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
-        message = result.error_message.decode(errors="replace").strip()
-        raise psycopg.OperationalError(message or f"{command.decode()} failed")
+    failure = _failure(conn.pgconn.exec_(command), command)
+    if failure is not None:
+        raise psycopg.OperationalError(failure)
+
+
+def _failure(result: psycopg.pq.abc.PGresult, command: bytes) -> str | None:
+    """What went wrong with ``command``, in the server's words, or None if it succeeded."""
+    if result.status == psycopg.pq.ExecStatus.COMMAND_OK:
+        return None
+    message = result.error_message.decode(errors="replace").strip()
+    return message or f"{command.decode()} failed"
