@@ -117,8 +117,7 @@ class WorkerDatabase:
         if self.held and not _usable(self._conn):
             raise self._held_data_lost(self.held)
         depth = len(self.held)
-        begin, end = _boundaries(depth)
-        conn = self._begin(self.connection(), begin, self.held, self.connection)
+        conn = self._begin(self.connection(), depth, self.held, self.connection)
         if holder is not None:
             self.held.append(holder)
         conn.test_transactions += 1
@@ -129,8 +128,7 @@ class WorkerDatabase:
             if holder is not None:
                 self.held.pop()
             try:
-                conn.settle()
-                _between_tests(conn, end)
+                conn.end_test(depth)
             except psycopg.OperationalError:
                 if _usable(conn):
                     raise
@@ -227,8 +225,7 @@ class WorkerDatabase:
         if self.async_held and not _usable(self._async_conn):
             raise self._held_data_lost(self.async_held)
         depth = len(self.async_held)
-        begin, end = _boundaries(depth)
-        conn = self._begin(self.async_connection(), begin, self.async_held, self._reconnect_async)
+        conn = self._begin(self.async_connection(), depth, self.async_held, self._reconnect_async)
         if holder is not None:
             self.async_held.append(holder)
         try:
@@ -237,8 +234,7 @@ class WorkerDatabase:
             if holder is not None:
                 self.async_held.pop()
             try:
-                conn.settle()
-                _between_tests(conn, end)
+                conn.end_test(depth)
             except psycopg.OperationalError:
                 self._close_async_connection()
             else:
@@ -359,17 +355,21 @@ class WorkerDatabase:
         except psycopg.Error:
             self._close_async_connection()  # the next test connects afresh
 
-    def _begin(self, conn: C, begin: bytes, held: list[str], reconnect: Callable[[], C]) -> C:
-        """``begin`` sent on ``conn`` for a test, ahead (``_SentAhead``) when nothing came on it
-        since its last use; else with a round trip, which tells a notice from a server that
-        closed the connection, and then on a connection from ``reconnect``: the connection
-        the test's transaction is on."""
+    def _begin(self, conn: C, depth: int, held: list[str], reconnect: Callable[[], C]) -> C:
+        """A test's transaction ``depth`` scopes deep begun on ``conn``: ahead (``_SentAhead``)
+        when nothing came on it since its last use, or not at all when the savepoint the last
+        test ended with serves; else with a round trip, which tells a notice from a server
+        that closed the connection, and then on a connection from ``reconnect``: the
+        connection the test's transaction is on."""
         # What was committed before the test began is no one's leak.
         before_test = None if held else self.written
+        begin = conn.begin_command(depth)
         if _quiet(conn):
-            with self._gone_on_failure():
-                conn.send_ahead(begin, before_test)
+            if begin is not None:
+                with self._gone_on_failure():
+                    conn.send_ahead(begin, before_test)
             return conn
+        begin = begin or _begin_command(depth, kept=True)
         try:
             _between_tests(conn, begin)
         except psycopg.OperationalError:  # the server restarted, or is gone
@@ -377,7 +377,7 @@ class WorkerDatabase:
                 raise self._held_data_lost(held) from None
             conn = reconnect()
             with self._gone_on_failure():
-                _between_tests(conn, begin)
+                _between_tests(conn, _begin_command(depth, kept=False))
         if before_test is not None:
             leaks.received(conn.pgconn, before_test).clear()
         return conn
@@ -419,6 +419,30 @@ class _SentAhead:
     pgconn: psycopg.pq.abc.PGconn
     _sent: bytes | None = None
     _before_test: set[str] | None = None
+    # Inside held data a test ends rolled back to its savepoint, which is kept (at that depth;
+    # 0: none): the next test at that depth begins on it with no command at all, if nothing
+    # was sent since (``_used``). What was, a module's fixture first needed by that test, is
+    # kept under a new savepoint.
+    _kept = 0
+    _used = False
+
+    def begin_command(self, depth: int) -> bytes | None:
+        """What begins a test's transaction ``depth`` scopes deep on this connection; None
+        when the savepoint the last test ended with serves."""
+        kept = self._kept == depth > 0
+        if kept and not self._used:
+            return None
+        return _begin_command(depth, kept)
+
+    def end_test(self, depth: int) -> None:
+        """The test's transaction ``depth`` scopes deep rolled back; its savepoint kept."""
+        self.settle()
+        self._kept = 0
+        if depth == 0:
+            _between_tests(self, b"ROLLBACK")
+        else:
+            _between_tests(self, b"ROLLBACK TO SAVEPOINT pipeweave_%d" % depth)
+            self._kept, self._used = depth, False
 
     def send_ahead(self, command: bytes, before_test: set[str] | None = None) -> None:
         """Send ``command``, to be answered by ``settle()``; the write notices read before its
@@ -442,10 +466,12 @@ class _SentAhead:
 
     def _start_query(self) -> Any:
         self.settle()
+        self._used = True
         return super()._start_query()  # type: ignore[misc]
 
     def _exec_command(self, *args: Any, **kwargs: Any) -> Any:
         self.settle()
+        self._used = True
         return super()._exec_command(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -511,15 +537,14 @@ DISCARD = (
 )
 
 
-def _boundaries(depth: int) -> tuple[bytes, bytes]:
-    """What begins and what ends a test's transaction ``depth`` scopes deep: BEGIN and
-    ROLLBACK outermost, a savepoint inside a module's or class's data."""
+def _begin_command(depth: int, kept: bool) -> bytes:
+    """What begins a test's transaction ``depth`` scopes deep: BEGIN outermost, a savepoint
+    inside a module's or class's data, in place of the one ``kept`` from the last test."""
     if depth == 0:
-        return b"BEGIN", b"ROLLBACK"
-    return (
-        b"SAVEPOINT pipeweave_%d" % depth,
-        b"ROLLBACK TO SAVEPOINT pipeweave_%d; RELEASE SAVEPOINT pipeweave_%d" % (depth, depth),
-    )
+        return b"BEGIN"
+    if kept:
+        return b"RELEASE SAVEPOINT pipeweave_%d; SAVEPOINT pipeweave_%d" % (depth, depth)
+    return b"SAVEPOINT pipeweave_%d" % depth
 
 
 def _usable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> bool:
@@ -543,7 +568,7 @@ def _quiet(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool
 
 
 def _between_tests(
-    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], command: bytes
+    conn: _SentAhead | psycopg.Connection[Any] | psycopg.AsyncConnection[Any], command: bytes
 ) -> None:
     """BEGIN or ROLLBACK on ``conn`` while no test runs (for an async one, with no event loop).
 

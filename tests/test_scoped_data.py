@@ -269,3 +269,61 @@ def test_a_server_lost_under_module_data_fails_the_tests_after(pytester: pytest.
             "module went with its connection"
         ]
     )
+
+
+def test_a_module_fixture_first_needed_by_a_later_test_keeps_its_data(
+    pytester: pytest.Pytester,
+) -> None:
+    """A test inside module data ends on its savepoint, kept for the next test: what a module
+    fixture writes between two tests must not be undone with the second."""
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = module\n")
+    pytester.makepyfile(
+        COMMON
+        + textwrap.dedent(
+            """
+            import pytest_asyncio
+
+            LATER = (
+                "INSERT INTO services (id, version, base_url) "
+                "SELECT '{}-' || g, '1', 'u' FROM generate_series(1, 2) g"
+            )
+            LATER_ROWS = "SELECT count(*) AS n FROM services WHERE id LIKE '{}-%'"
+
+            @pytest.fixture(scope="module")
+            def first(pipeweave_module_database):
+                PipeweaveFactory(pipeweave_module_database).task_runs(3)
+
+            @pytest.fixture(scope="module")
+            def later(pipeweave_module_database):
+                pipeweave_module_database.none(LATER.format('sync'))
+
+            @pytest_asyncio.fixture(scope="module", loop_scope="module")
+            async def async_first(pipeweave_async_module_database):
+                await AsyncPipeweaveFactory(pipeweave_async_module_database).task_runs(3)
+
+            @pytest_asyncio.fixture(scope="module", loop_scope="module")
+            async def async_later(pipeweave_async_module_database):
+                await pipeweave_async_module_database.none(LATER.format('async'))
+
+            def test_one(first, pipeweave_database):
+                assert pipeweave_database.one(TASK_RUNS)["n"] == 3
+                PipeweaveFactory(pipeweave_database).service()
+
+            @pytest.mark.parametrize("i", range(2))
+            def test_two(i, first, later, pipeweave_database):
+                assert pipeweave_database.one(LATER_ROWS.format("sync"))["n"] == 2
+                assert pipeweave_database.one(TASK_RUNS)["n"] == 3
+                PipeweaveFactory(pipeweave_database).service()
+
+            async def test_async_one(async_first, pipeweave_async_database):
+                assert (await pipeweave_async_database.one(TASK_RUNS))["n"] == 3
+                await AsyncPipeweaveFactory(pipeweave_async_database).service()
+
+            @pytest.mark.parametrize("i", range(2))
+            async def test_async_two(i, async_first, async_later, pipeweave_async_database):
+                assert (await pipeweave_async_database.one(LATER_ROWS.format("async")))["n"] == 2
+                await AsyncPipeweaveFactory(pipeweave_async_database).service()
+            """
+        )
+    )
+    run(pytester).assert_outcomes(passed=6)
