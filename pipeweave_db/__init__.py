@@ -41,18 +41,17 @@ if TYPE_CHECKING:
         cleanup_old_dlq,
         cleanup_old_dlq_async,
     )
+    from pipeweave_db.migration_files import Migration, load_migrations
     from pipeweave_db.observers import ExecutedStatement, StatementObserver
     from pipeweave_db.schema import (
         PIPEWEAVE_TABLES,
         AppliedMigration,
         InitResult,
-        Migration,
         SchemaStatus,
         initialize_schema,
         initialize_schema_async,
         is_database_initialized,
         is_database_initialized_async,
-        load_migrations,
         migrate,
         migrate_async,
         reset_schema,
@@ -151,17 +150,16 @@ __getattr__, __dir__ = lazy_exports(
             "cleanup_old_dlq",
             "cleanup_old_dlq_async",
         ),
+        "migration_files": ("Migration", "load_migrations"),
         "schema": (
             "PIPEWEAVE_TABLES",
             "AppliedMigration",
             "InitResult",
-            "Migration",
             "SchemaStatus",
             "initialize_schema",
             "initialize_schema_async",
             "is_database_initialized",
             "is_database_initialized_async",
-            "load_migrations",
             "migrate",
             "migrate_async",
             "reset_schema",

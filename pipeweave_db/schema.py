@@ -12,18 +12,16 @@ both run the same steps (see ``steps``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
 from pipeweave_db.errors import MigrationError, SchemaError
+from pipeweave_db.migration_files import Migration, load_migrations
 from pipeweave_db.steps import Statement, Steps, Transaction, run, run_async, savepoint
 
 if TYPE_CHECKING:
@@ -65,24 +63,6 @@ MIGRATIONS_TABLE = "pipeweave_schema_migrations"
 PIPEWEAVE_FUNCTIONS = ("update_updated_at_column", "cleanup_expired_idempotency_cache")
 # Any fixed number serves; this one reads "PIPEWEAVE" on a phone keypad.
 _LOCK_KEY = 747_393_283
-_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One ``NNNN_name.sql`` file."""
-
-    version: int
-    name: str
-    sql: str = field(repr=False)
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-    @property
-    def label(self) -> str:
-        return f"{self.version:04d}_{self.name}"
 
 
 @dataclass(frozen=True)
@@ -147,21 +127,6 @@ class InitResult:
     @property
     def changed_anything(self) -> bool:
         return bool(self.applied or self.created_tables or self.repaired)
-
-
-def load_migrations() -> tuple[Migration, ...]:
-    """The migrations shipped in this package, in version order."""
-    folder = resources.files("pipeweave_db") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        match = _FILE_NAME.match(entry.name)
-        if match:
-            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
-    found.sort(key=lambda m: m.version)
-    versions = [m.version for m in found]
-    if len(set(versions)) != len(versions):
-        raise MigrationError(f"two migration files share a version: {versions}")
-    return tuple(found)
 
 
 def is_database_initialized(db: Database) -> bool:

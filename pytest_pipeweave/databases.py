@@ -27,11 +27,11 @@ from pipeweave_db import (
     Database,
     create_database,
     initialize_schema,
-    load_migrations,
 )
 from pytest_pipeweave.errors import ServerUnavailable, first_line
-from pytest_pipeweave.leaks import TEMPLATE_ADDITIONS, install_write_notices
+from pytest_pipeweave.leaks import install_write_notices
 from pytest_pipeweave.servers.base import ServerInfo
+from pytest_pipeweave.template_cache import schema_digest
 
 NAME_PREFIX = "pytest_pipeweave_"
 TEMPLATE_SUFFIX = "template"
@@ -134,6 +134,12 @@ def _initialize(url: str, setup: TemplateSetup | None, *, write_notices: bool = 
             setup(db)
         if write_notices:
             install_write_notices(db)
+
+
+def initialize_template(url: str, setup: TemplateSetup | None = None) -> None:
+    """The database at ``url`` made a test template: the schema, ``setup``'s additions, and
+    the write notices."""
+    _initialize(url, setup, write_notices=True)
 
 
 def _create(conn: Connection, name: str, template: str, comment: str | None) -> None:
@@ -244,6 +250,7 @@ class Template:
     name: str
     build_seconds: float | None
     rebuilt: str | None = None
+    cached: bool = False  # made already in the server's cached cluster (``template_cache``)
 
 
 @dataclass(frozen=True)
@@ -262,10 +269,9 @@ class TemplateKey:
 
     @classmethod
     def of(cls, server: ServerInfo, setup: TemplateSetup | None, key: str | None) -> TemplateKey:
-        migrations = "".join(m.checksum for m in load_migrations()) + TEMPLATE_ADDITIONS
         setup_hash = _short_hash(_setup_identity(setup, key))
         origin = "none" if setup is None else f"{setup.__module__}.{setup.__qualname__}"
-        return cls(_short_hash(migrations), server.version, setup_hash, _short_hash(origin))
+        return cls(schema_digest(), server.version, setup_hash, _short_hash(origin))
 
     @property
     def digest(self) -> str:
@@ -372,8 +378,8 @@ class DatabaseJanitor:
             started = time.perf_counter()
             if comment is not None:  # a process of the run died while building it
                 _drop(conn, name)
-            self._build(name, setup, self._comment())
-            return Template(name, round(time.perf_counter() - started, 3))
+            cached = self._build(name, setup, self._comment())
+            return Template(name, round(time.perf_counter() - started, 3), cached=cached)
         finally:
             with contextlib.suppress(psycopg.Error):
                 self._admin().execute("SELECT pg_advisory_unlock(%s)", [self._lock_id(_BUILD_LOCK)])
@@ -405,25 +411,45 @@ class DatabaseJanitor:
                 f"postgres={key.postgres} setup={key.setup} origin={key.origin} "
                 f"created={self._server_time()}"
             )
-            self._build(name, setup, comment)
+            cached = self._build(name, setup, comment)
             # After the build: a spare being copied from the old template meanwhile is done.
             self._drop_spares(self._admin(), key.digest)
             self._drop_superseded(self._admin(), key)
-            return Template(name, round(time.perf_counter() - started, 3), rebuilt)
+            return Template(name, round(time.perf_counter() - started, 3), rebuilt, cached)
         finally:
             with contextlib.suppress(psycopg.Error):
                 self._admin().execute("SELECT pg_advisory_unlock(%s)", [build_lock])
 
-    def _build(self, name: str, setup: TemplateSetup | None, comment: str) -> None:
+    def _build(self, name: str, setup: TemplateSetup | None, comment: str) -> bool:
         """Template ``name`` made under a "building" comment, so that a builder that dies
-        half way leaves something the next one recognises and drops."""
+        half way leaves something the next one recognises and drops; without a setup, the
+        one the server started with made (``ServerInfo.prepared_database``), renamed: whether
+        it was that one."""
+        if setup is None and self._take_prepared(name):
+            _comment(self._admin(), name, comment)
+            return True
         _create(self._admin(), name, "template1", self._comment("building"))
         try:
-            _initialize(self.server.url(name), setup, write_notices=True)
+            initialize_template(self.server.url(name), setup)
         except BaseException:
             _drop(self._admin(), name)
             raise
         _comment(self._admin(), name, comment)
+        return False
+
+    def _take_prepared(self, name: str) -> bool:
+        """The server's prepared database renamed ``name``; False if it has none (any more)."""
+        if self.server.prepared_database is None:
+            return False
+        try:
+            self._admin().execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(self.server.prepared_database), sql.Identifier(name)
+                )
+            )
+        except psycopg.errors.InvalidCatalogName:  # taken by an earlier run (reuse)
+            return False
+        return True
 
     def _reusable(self, conn: Connection) -> dict[str, tuple[TemplateKey, str]]:
         """The reusable templates on the server, oldest first: digest -> (key, builder run)."""

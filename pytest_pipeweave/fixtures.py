@@ -198,6 +198,8 @@ def pipeweave_template(
         )
     if template.build_seconds is not None:
         session.template_seconds = template.build_seconds
+    if template.cached and key is None:
+        session.template_note = "template made in the cached cluster"
     if key is not None:
         if template.build_seconds is None:
             session.template_note = "template reused"

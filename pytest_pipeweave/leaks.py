@@ -11,11 +11,12 @@ test are in hand right after its ROLLBACK, with no round trip of their own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
+if TYPE_CHECKING:  # imported without psycopg: its TEMPLATE_ADDITIONS are part of a cache key
+    import psycopg
 
-from pipeweave_db import Database
+    from pipeweave_db import Database
 
 CHANNEL = "pytest_pipeweave_write"  # as in _INSTALL, with the schema pytest_pipeweave_notices
 LISTEN = b"LISTEN pytest_pipeweave_write"

@@ -154,8 +154,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     to its fixture.
     """
     config = session.config
-    if config.option.collectonly or not any(_uses_plugin_server(item) for item in session.items):
+    users = [item for item in session.items if _uses_plugin_server(item)]
+    if config.option.collectonly or not users:
         return
+    PipeweaveSession.of(config).plain_template = all(
+        _from_plugin(item, name)
+        for item in users
+        for name in ("pipeweave_template", "pipeweave_template_setup")
+    )
     # What the fixtures will need (psycopg above all, tens of ms) is imported on another
     # thread meanwhile: the start mostly waits for other processes (cp, initdb, postgres).
     imports = threading.Thread(target=_import_quietly, args=("pytest_pipeweave.databases",))

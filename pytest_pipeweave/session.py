@@ -76,6 +76,9 @@ class PipeweaveSession:
         self.databases: list[str] = []
         self.kept = 0  # failed tests whose data this process kept (--pipeweave-keep-failed)
         self.reaped: list[str] = []
+        # Whether the run's template is the plugin's own (``pipeweave_template``), with no
+        # setup: the local backend can then start with it made (``template_cache``).
+        self.plain_template = False
 
     @classmethod
     def install(cls, config: pytest.Config, settings: Settings) -> PipeweaveSession:
@@ -112,7 +115,14 @@ class PipeweaveSession:
             raise self.error
         if self.shared is not None and self.shared.info is not None:
             return self.shared.info
-        self.shared = SharedServer(self.settings, self.run_key, co_owner=self.co_owner)
+        from pytest_pipeweave.template_cache import cached_template
+
+        self.shared = SharedServer(
+            self.settings,
+            self.run_key,
+            co_owner=self.co_owner,
+            prepared=cached_template() if self.plain_template else None,
+        )
         try:
             return self.shared.acquire()
         except ServerUnavailable as exc:

@@ -33,6 +33,7 @@ from pytest_pipeweave.runs import (
     remove_dead_runs,
 )
 from pytest_pipeweave.servers import (
+    PreparedDatabase,
     Server,
     ServerInfo,
     create_server,
@@ -49,9 +50,18 @@ class SharedServer:
     """This process's share of its run's server."""
 
     def __init__(
-        self, settings: Settings, run_key: str | None = None, *, co_owner: ProcessId | None = None
+        self,
+        settings: Settings,
+        run_key: str | None = None,
+        *,
+        co_owner: ProcessId | None = None,
+        prepared: PreparedDatabase | None = None,
     ) -> None:
+        """``prepared``: a database the server should start with made, where its backend can
+        keep one made (``PreparedDatabase``)."""
         self.settings = settings
+        self.prepared = prepared
+        self._server: Server | None = None  # the server, when this process started it
         self.base = base_path(settings.tmpdir)
         self.run_key = run_key or new_run_key()
         self.run = Run(self.base, REUSE_KEY if settings.reuse else self.run_key)
@@ -121,7 +131,9 @@ class SharedServer:
             folder=self.run.path,
             cache_dir=self.base / "cache",
             run_is_dead=self.run_is_dead,
+            prepared=self.prepared,
         )
+        self._server = server
         state.keep = self.settings.keep or fingerprint is not None
         state.fingerprint = fingerprint
         state.started_for = self.run_key
@@ -165,8 +177,15 @@ class SharedServer:
     def release(self, owner: ProcessId | None = None) -> None:
         """Leave the run (as ``owner``, by default this process); the last owner out stops
         the server and removes the run's folder, unless the server is to be kept."""
-        if not self.run.path.exists():
-            return  # no process of the run started a server: nothing to leave
+        if self.run.path.exists():
+            self._leave(owner)
+        # Made now, when no test waits: the local backend's cache of a prepared database.
+        cache_prepared = getattr(self._server, "cache_prepared", None)
+        if cache_prepared is not None:
+            self._server = None
+            cache_prepared()
+
+    def _leave(self, owner: ProcessId | None) -> None:
         with self.run.lock:
             state = self.run.read_state()
             if state is None:

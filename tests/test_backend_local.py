@@ -16,7 +16,7 @@ from helpers import pg_bin
 from pytest_pipeweave import LocalServer
 from pytest_pipeweave.processes import process_alive
 from pytest_pipeweave.runs import base_dir
-from pytest_pipeweave.servers import local
+from pytest_pipeweave.servers import PreparedDatabase, local
 from pytest_pipeweave.servers.binaries import binary_version, server_user, usable_bin_dir
 
 
@@ -56,6 +56,48 @@ def test_cold_start_runs_initdb_then_the_cache_serves(workdir: Path) -> None:
             server.stop()
         assert not (workdir / f"server-{expected_warm}").exists(), "stop removes the folder"
     assert len(list(cache.glob("cluster-*"))) == 1
+
+
+def test_a_prepared_database_is_kept_made_in_the_cached_cluster(workdir: Path) -> None:
+    """Made after a start without it, on a server of its own; the next start has it, until
+    what it is made of (its key) changes, and then it is made again in place of the old."""
+    cache = workdir / "cache"
+    made: list[str] = []
+
+    def prepare(url: str) -> None:
+        made.append(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE made (key text)")
+            conn.execute("INSERT INTO made VALUES (%s)", [f"key {len(made)}"])
+
+    def start(key: str) -> tuple[str | None, list[str]]:
+        prepared = PreparedDatabase("prepared", key, prepare)
+        server = LocalServer(pg_bin(), workdir / "server", cache_dir=cache, prepared=prepared)
+        info = server.start()
+        try:
+            with psycopg.connect(info.url(), autocommit=True) as conn:
+                # The run's own: were it in the cache, the next start would fail here.
+                conn.execute("CREATE ROLE run_only")
+                names = [row[0] for row in conn.execute("SELECT datname FROM pg_database")]
+            if info.prepared_database is not None:
+                with psycopg.connect(info.url(info.prepared_database)) as conn:
+                    names += [row[0] for row in conn.execute("SELECT key FROM made")]
+        finally:
+            server.stop()
+        server.cache_prepared()
+        return info.prepared_database, names
+
+    found, names = start("one")
+    assert found is None and "prepared" not in names and len(made) == 1
+    assert [p.name.rsplit("-", 1)[1] for p in cache.glob("cluster-*-*")] == ["one"]
+    found, names = start("one")
+    assert found == "prepared" and {"prepared", "key 1"} <= set(names) and len(made) == 1
+    found, names = start("two")
+    assert found is None and len(made) == 2
+    assert [p.name.rsplit("-", 1)[1] for p in cache.glob("cluster-*-*")] == ["two"]
+    found, names = start("two")
+    assert found == "prepared" and "key 2" in names
+    assert not list(cache.glob("making-*")) and not list(cache.glob("*.stale"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root needs another user")

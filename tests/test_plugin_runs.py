@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -61,6 +62,56 @@ def test_header_says_backend_version_and_startup_time(pytester: pytest.Pytester)
         ["collected 1 item", "pipeweave: local server PostgreSQL * started in *.* s *"],
         consecutive=True,
     )
+
+
+def test_the_template_is_made_in_the_cached_cluster_for_the_next_runs(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that built its template leaves the cached cluster with one made; the next runs
+    start with it, unless their template has a setup of its own."""
+    folder = Path(
+        tempfile.mkdtemp(prefix="pwc-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+    )
+    folder.chmod(0o755)
+    monkeypatch.setenv("PIPEWEAVE_TMPDIR", str(folder))
+    pytester.makepyfile(
+        DB_TEST
+        + textwrap.dedent(
+            """
+            def test_the_template_is_whole(pipeweave_database, pipeweave_server):
+                notices = "SELECT count(*) AS n FROM pg_namespace WHERE nspname = %s"
+                assert pipeweave_database.one(notices, ["pytest_pipeweave_notices"])["n"] == 1
+                assert pipeweave_database.one("SELECT count(*) AS n FROM tasks")["n"] == 0
+                names = "SELECT count(*) AS n FROM pg_database WHERE datname LIKE %s"
+                assert pipeweave_database.one(names, ["%cached_template%"])["n"] == 0
+
+            def test_committed(pipeweave_database_committed):
+                pipeweave_database_committed.none(
+                    "INSERT INTO services (id, version, base_url) VALUES ('s', '1', 'u')"
+                )
+
+            def test_committed_is_undone(pipeweave_database_committed):
+                query = "SELECT count(*) AS n FROM services"
+                assert pipeweave_database_committed.one(query)["n"] == 0
+            """
+        )
+    )
+    try:
+        first = run(pytester, "-p", "no:randomly")
+        first.assert_outcomes(passed=4)
+        assert "made in the cached cluster" not in first.stdout.str()
+        second = run(pytester, "-p", "no:randomly")
+        second.assert_outcomes(passed=4)
+        second.stdout.fnmatch_lines(["pipeweave: *template in *; template made in the cached *"])
+        pytester.makeconftest(
+            "import pytest\n\n@pytest.fixture(scope='session')\n"
+            "def pipeweave_template_setup():\n    return lambda db: None\n"
+        )
+        with_setup = run(pytester, "-p", "no:randomly")
+        with_setup.assert_outcomes(passed=4)
+        assert "made in the cached cluster" not in with_setup.stdout.str()
+    finally:
+        subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
 def test_no_server_is_started_when_no_test_needs_one(pytester: pytest.Pytester) -> None:

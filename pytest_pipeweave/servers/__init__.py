@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_pipeweave.errors import ServerUnavailable
-from pytest_pipeweave.servers.base import RunIsDead, Server, ServerInfo
+from pytest_pipeweave.servers.base import PreparedDatabase, RunIsDead, Server, ServerInfo
 from pytest_pipeweave.servers.docker import DockerServer
 from pytest_pipeweave.servers.local import LocalServer
 from pytest_pipeweave.servers.url import ExistingServer
@@ -27,6 +27,7 @@ __all__ = [
     "DockerServer",
     "ExistingServer",
     "LocalServer",
+    "PreparedDatabase",
     "Server",
     "ServerInfo",
     "choose_backend",
@@ -72,11 +73,17 @@ def describe_backend(settings: Settings, cache_dir: Path | None = None) -> str:
 
 
 def create_server(
-    settings: Settings, *, folder: Path, cache_dir: Path, run_is_dead: RunIsDead
+    settings: Settings,
+    *,
+    folder: Path,
+    cache_dir: Path,
+    run_is_dead: RunIsDead,
+    prepared: PreparedDatabase | None = None,
 ) -> Server:
-    """A not yet started server of the backend ``settings`` choose, for the run in ``folder``."""
+    """A not yet started server of the backend ``settings`` choose, for the run in ``folder``
+    (with ``prepared`` made in it, where the backend keeps one)."""
     return choose_backend(settings).create(
-        settings, folder=folder, cache_dir=cache_dir, run_is_dead=run_is_dead
+        settings, folder=folder, cache_dir=cache_dir, run_is_dead=run_is_dead, prepared=prepared
     )
 
 

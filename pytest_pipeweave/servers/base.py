@@ -43,6 +43,8 @@ class ServerInfo:
     query: str = ""
     ephemeral: bool = False
     folder: str | None = None
+    # The database ``PreparedDatabase`` named, when the server started with it made already.
+    prepared_database: str | None = None
 
     @classmethod
     def from_url(cls, url: str, *, source: str = "url") -> ServerInfo:
@@ -104,6 +106,18 @@ class ServerInfo:
         return cls(**state)
 
 
+@dataclasses.dataclass(frozen=True)
+class PreparedDatabase:
+    """A database that a backend whose servers start from a cached cluster (local) may keep
+    made in that cache: database ``name``, made by ``prepare`` (given its URL) once for each
+    ``key``, what it is made of. A server then starts with it
+    (``ServerInfo.prepared_database``) rather than each run making it again."""
+
+    name: str
+    key: str
+    prepare: Callable[[str], None]
+
+
 class Server(Protocol):
     """A backend: the class chooses and creates, the instance starts, stops and describes.
 
@@ -128,9 +142,16 @@ class Server(Protocol):
 
     @classmethod
     def create(
-        cls, settings: Settings, *, folder: Path, cache_dir: Path, run_is_dead: RunIsDead
+        cls,
+        settings: Settings,
+        *,
+        folder: Path,
+        cache_dir: Path,
+        run_is_dead: RunIsDead,
+        prepared: PreparedDatabase | None = None,
     ) -> Server:
-        """A server for the run whose folder is ``folder``, not started yet."""
+        """A server for the run whose folder is ``folder``, not started yet; with ``prepared``
+        made in it, where the backend keeps one."""
         ...
 
     @classmethod

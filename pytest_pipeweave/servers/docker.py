@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_pipeweave.errors import ServerUnavailable, first_line
 from pytest_pipeweave.processes import wait_until
-from pytest_pipeweave.servers.base import RunIsDead, ServerInfo
+from pytest_pipeweave.servers.base import PreparedDatabase, RunIsDead, ServerInfo
 from pytest_pipeweave.servers.local import SPEED_SETTINGS, SUPERUSER
 from pytest_pipeweave.settings import DEFAULT_IMAGE
 
@@ -123,7 +123,13 @@ class DockerServer:
 
     @classmethod
     def create(
-        cls, settings: Settings, *, folder: Path, cache_dir: Path, run_is_dead: RunIsDead
+        cls,
+        settings: Settings,
+        *,
+        folder: Path,
+        cache_dir: Path,
+        run_is_dead: RunIsDead,
+        prepared: PreparedDatabase | None = None,
     ) -> DockerServer:
         return cls(settings.image, str(folder), run_is_dead, settings.docker_host)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_pipeweave.errors import BinariesNotFound, FolderUnusable, ServerUnavailable
 from pytest_pipeweave.processes import process_alive, process_arguments, wait_until
-from pytest_pipeweave.servers.base import RunIsDead, ServerInfo
+from pytest_pipeweave.servers.base import PreparedDatabase, RunIsDead, ServerInfo
 from pytest_pipeweave.servers.binaries import (
     ServerUser,
     binary_version,
@@ -73,6 +73,8 @@ class LocalServer:
     ``password`` is set for the superuser once the server runs, ``socket_dir`` puts the unix
     socket somewhere else than ``workdir/socket`` (a Cloud SQL-shaped path, for instance), and
     ``port`` fixes the port (the socket is named ``.s.PGSQL.<port>``) instead of a free one.
+    With ``prepared`` and a ``cache_dir``, the server starts from a cached cluster holding
+    that database made when there is one; when there is none, ``cache_prepared()`` makes one.
     """
 
     backend = "local"
@@ -94,6 +96,7 @@ class LocalServer:
         socket_dir: Path | None = None,
         port: int | None = None,
         server_user: str | None = None,
+        prepared: PreparedDatabase | None = None,
     ) -> None:
         self.bin_dir = bin_dir
         self.workdir = workdir
@@ -104,8 +107,11 @@ class LocalServer:
         self.socket_dir = socket_dir or workdir / "socket"
         self.port = port
         self.server_user = server_user
+        self.prepared = prepared
         self.pid: int | None = None
         self.warm_start: bool | None = None
+        self._prepared_copied = False  # started from a cluster holding it made
+        self._to_cache: tuple[Path, Path] | None = None  # (cluster, its copy holding it) to make
         self._process: subprocess.Popen[bytes] | None = None
         self._launched_with: tuple[Path, ServerUser] | None = None
 
@@ -120,13 +126,20 @@ class LocalServer:
 
     @classmethod
     def create(
-        cls, settings: Settings, *, folder: Path, cache_dir: Path, run_is_dead: RunIsDead
+        cls,
+        settings: Settings,
+        *,
+        folder: Path,
+        cache_dir: Path,
+        run_is_dead: RunIsDead,
+        prepared: PreparedDatabase | None = None,
     ) -> LocalServer:
         return cls(
             cls._bin_dir(settings),
             folder / "local",
             cache_dir=cache_dir,
             server_user=settings.server_user,
+            prepared=prepared,
         )
 
     @classmethod
@@ -195,6 +208,9 @@ class LocalServer:
             version=version,
             socket_dir=str(self.socket_dir),
             ephemeral=True,
+            prepared_database=self.prepared.name
+            if self.prepared and self._prepared_copied
+            else None,
         )
 
     def stop(self) -> None:
@@ -269,9 +285,13 @@ class LocalServer:
             ).hexdigest()[:16]
             cached = self.cache_dir / f"cluster-{key}"
         self.warm_start = cached is not None and cached.is_dir()
-        if cached is not None and self.warm_start:
+        if cached is not None and self.prepared is not None:
+            with_prepared = cached.with_name(f"{cached.name}-{self.prepared.key}")
+            self._prepared_copied = self.warm_start and _copied(with_prepared, self.data_dir)
+            self._to_cache = None if self._prepared_copied else (cached, with_prepared)
+        if not self._prepared_copied and cached is not None and self.warm_start:
             copy_tree(cached, self.data_dir)
-        else:
+        elif not self._prepared_copied:
             self._initdb(bin_dir, user)
             if cached is not None:
                 self._fill_cache(cached)
@@ -289,6 +309,55 @@ class LocalServer:
             partial.rename(cached)
         except OSError:  # another run cached it first, or no room
             shutil.rmtree(partial, ignore_errors=True)
+
+    def cache_prepared(self) -> bool:
+        """The prepared database made in a copy of the cached cluster, kept beside it for the
+        next runs, if this server started without one; whether it was made.
+
+        On a server of its own, started and stopped here: a run's own cluster holds what its
+        tests did to the whole cluster (roles, settings). Called once this process is done with
+        its server (made while no test waits); one another process made is left in place, one
+        made of something else (older migrations) replaced.
+        """
+        if self._to_cache is None or self.prepared is None:
+            return False
+        cached, with_prepared = self._to_cache
+        self._to_cache = None
+        if with_prepared.is_dir():
+            return False
+        import psycopg
+        from psycopg import sql
+
+        maker = LocalServer(
+            self.bin_dir,
+            cached.parent / f"making-{os.getpid()}",  # short: its socket is in it
+            cache_dir=self.cache_dir,
+            server_user=self.server_user,
+        )
+        try:
+            info = maker.start()
+            with psycopg.connect(info.url(), autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.prepared.name))
+                )
+            self.prepared.prepare(info.url(self.prepared.name))
+            maker.shut_down()
+            maker.data_dir.rename(with_prepared)
+        except (OSError, ServerUnavailable, psycopg.Error):
+            return False
+        finally:
+            maker.stop()
+        for older in cached.parent.glob(f"{cached.name}-*"):
+            if older != with_prepared and older.is_dir() and "." not in older.name:
+                _remove_cluster(older)
+        return True
+
+    def shut_down(self) -> None:
+        """A clean (fast) shutdown, with a checkpoint: the data folder as a cache can hold it."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)
+            self._process.wait(timeout=30)
+            self.pid = None
 
     def _initdb(self, bin_dir: Path, user: ServerUser) -> None:
         self.data_dir.mkdir(mode=0o700)
@@ -393,6 +462,25 @@ def _first_closed_folder(path: Path, user: ServerUser) -> Path:
         if not runnable_by(Path("/bin/test"), user, "-x", str(folder)):
             return folder
     return path
+
+
+def _copied(cluster: Path, target: Path) -> bool:
+    """``cluster`` copied to ``target``; False if it is not there (or went while copied)."""
+    if not cluster.is_dir():
+        return False
+    try:
+        copy_tree(cluster, target)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_cluster(cluster: Path) -> None:
+    """A cached cluster removed: renamed first, so that no run starts copying it meanwhile."""
+    stale = cluster.with_name(f"{cluster.name}.{os.getpid()}.stale")
+    with contextlib.suppress(OSError):
+        cluster.rename(stale)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:

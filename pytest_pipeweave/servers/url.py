@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeweave_db import ConfigError, mask_url
 from pytest_pipeweave.errors import ServerUnavailable, first_line
-from pytest_pipeweave.servers.base import RunIsDead, ServerInfo
+from pytest_pipeweave.servers.base import PreparedDatabase, RunIsDead, ServerInfo
 
 if TYPE_CHECKING:
     from pytest_pipeweave.settings import Settings
@@ -46,7 +46,13 @@ class ExistingServer:
 
     @classmethod
     def create(
-        cls, settings: Settings, *, folder: Path, cache_dir: Path, run_is_dead: RunIsDead
+        cls,
+        settings: Settings,
+        *,
+        folder: Path,
+        cache_dir: Path,
+        run_is_dead: RunIsDead,
+        prepared: PreparedDatabase | None = None,
     ) -> ExistingServer:
         if not settings.url:
             raise ServerUnavailable(
