@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,22 @@ def test_a_prepared_database_is_kept_made_in_the_cached_cluster(workdir: Path) -
     found, names = start("two")
     assert found == "prepared" and "key 2" in names
     assert not list(cache.glob("making-*")) and not list(cache.glob("*.stale"))
+
+
+def test_a_maker_of_the_prepared_database_killed_half_way_is_cleared(workdir: Path) -> None:
+    cache = workdir / "cache"
+    dead = subprocess.Popen(["true"])  # a pid that no longer runs
+    dead.wait()
+    stale = LocalServer(pg_bin(), cache / f"making-{dead.pid}", cache_dir=cache)
+    stale.start()
+    stale_pid = stale.pid
+    prepared = PreparedDatabase("prepared", "one", lambda url: None)
+    server = LocalServer(pg_bin(), workdir / "server", cache_dir=cache, prepared=prepared)
+    server.start()
+    server.stop()
+    assert server.cache_prepared()
+    assert stale_pid is not None and not process_alive(stale_pid)
+    assert not (cache / f"making-{dead.pid}").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root needs another user")

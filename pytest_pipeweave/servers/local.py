@@ -325,6 +325,10 @@ class LocalServer:
         self._to_cache = None
         if with_prepared.is_dir():
             return False
+        for stale in cached.parent.glob("making-*"):  # a maker killed half way, and its server
+            pid = stale.name.removeprefix("making-")
+            if pid.isdigit() and not process_alive(int(pid)):
+                LocalServer.from_state({"workdir": str(stale)}).stop()
         import psycopg
         from psycopg import sql
 
