@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         DockerServer,
         ExistingServer,
         LocalServer,
+        PreparedDatabase,
         Server,
         ServerInfo,
     )
@@ -55,6 +56,7 @@ __all__ = [
     "LocalServer",
     "PipeweaveFactory",
     "PluginError",
+    "PreparedDatabase",
     "RestoreFailed",
     "SeedData",
     "Server",
@@ -102,7 +104,14 @@ __getattr__, __dir__ = lazy_exports(
         "isolation": ("WorkerDatabase",),
         "runs": ("new_run_key",),
         "seed": ("SeedData", "seed_database", "seed_database_async"),
-        "servers": ("DockerServer", "ExistingServer", "LocalServer", "Server", "ServerInfo"),
+        "servers": (
+            "DockerServer",
+            "ExistingServer",
+            "LocalServer",
+            "PreparedDatabase",
+            "Server",
+            "ServerInfo",
+        ),
         "settings": ("Settings",),
     },
 )

@@ -229,7 +229,7 @@ def describe_start(report: ServerReport) -> str:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     pipeweave = PipeweaveSession.of(session.config)
     report = pipeweave.report()
     if report is not None:
@@ -237,7 +237,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if workeroutput is not None:
             workeroutput["pipeweave"] = report.to_dict()
         session.config.stash[_REPORTS].append(report)
-    pipeweave.finish()
+    pipeweave.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist hooks: unknown where xdist is not installed

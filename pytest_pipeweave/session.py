@@ -129,15 +129,16 @@ class PipeweaveSession:
             self.error = exc
             raise
 
-    def finish(self) -> None:
-        """Leave the run's server; the xdist controller leaves last, once every worker is done."""
+    def finish(self, *, interrupted: bool = False) -> None:
+        """Leave the run's server; the xdist controller leaves last, once every worker is done.
+        After Ctrl-C nothing is left for later runs (``SharedServer.release``)."""
         if self.worker == "controller":
             # With reuse, the workers may have had to start a server of the run's own.
             for reuse in {self.settings.reuse, False}:
                 settings = dataclasses.replace(self.settings, reuse=reuse)
                 SharedServer(settings, self.run_key).release()
         elif self.shared is not None and self.shared.info is not None:
-            self.shared.release()
+            self.shared.release(for_later=not interrupted)
 
     def report(self) -> ServerReport | None:
         if self.shared is None or self.shared.info is None:

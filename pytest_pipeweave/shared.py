@@ -174,15 +174,16 @@ class SharedServer:
             pass
         self.run.remove()
 
-    def release(self, owner: ProcessId | None = None) -> None:
+    def release(self, owner: ProcessId | None = None, *, for_later: bool = True) -> None:
         """Leave the run (as ``owner``, by default this process); the last owner out stops
-        the server and removes the run's folder, unless the server is to be kept."""
+        the server and removes the run's folder, unless the server is to be kept. Then, if
+        ``for_later``, what the server leaves for later runs is made, now that no test waits:
+        the local backend's cached cluster with the prepared database."""
         if self.run.path.exists():
             self._leave(owner)
-        # Made now, when no test waits: the local backend's cache of a prepared database.
         cache_prepared = getattr(self._server, "cache_prepared", None)
-        if cache_prepared is not None:
-            self._server = None
+        self._server = None
+        if for_later and cache_prepared is not None:
             cache_prepared()
 
     def _leave(self, owner: ProcessId | None) -> None:
