@@ -1,6 +1,6 @@
 """The run's template kept made in the local backend's cached cluster, for runs without a
-template setup: a warm start then renames it instead of building it (some 50 ms of a start of
-250). Keyed by what the template is made of, known without psycopg, which is imported on
+template setup: a warm start then renames it instead of building it (some 50 ms, of a start
+that took 250). Keyed by what the template is made of, known without psycopg, which is imported on
 another thread while the server starts.
 """
 
