@@ -6,6 +6,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from helpers import pg_bin
 from pytest_pipeweave import LocalServer
 from pytest_pipeweave.processes import process_alive
 from pytest_pipeweave.runs import base_dir
-from pytest_pipeweave.servers import PreparedDatabase, local
+from pytest_pipeweave.servers import PreparedDatabase, cache, local
 from pytest_pipeweave.servers.binaries import binary_version, server_user, usable_bin_dir
 
 
@@ -115,6 +116,70 @@ def test_a_maker_of_the_prepared_database_killed_half_way_is_cleared(workdir: Pa
     assert server.cache_prepared()
     assert stale_pid is not None and not process_alive(stale_pid)
     assert not (cache / f"making-{dead.pid}").exists()
+
+
+def test_what_no_start_used_for_a_week_leaves_the_cache_as_it_gains_a_cluster(
+    workdir: Path,
+) -> None:
+    """Another build's cluster, its prepared copy, an answer file: gone with the week; what a
+    start used, and a fill of a process still running, stay; a dead process's half fill goes.
+    The cache is in /dev/shm by default, which is memory."""
+    cache_dir = workdir / "cache"
+    prepared = PreparedDatabase("prepared", "one", lambda url: None)
+    server = LocalServer(pg_bin(), workdir / "server", cache_dir=cache_dir, prepared=prepared)
+    server.start()
+    server.stop()
+    assert server.cache_prepared()
+    (with_prepared,) = cache_dir.glob("cluster-*-*")
+    (plain,) = (p for p in cache_dir.glob("cluster-*") if p != with_prepared)
+    week_ago = time.time() - cache.UNUSED_FOR - 60
+    for entry in (plain, with_prepared):
+        os.utime(entry, (week_ago, week_ago))  # then used by the start below
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    entries = {
+        "other build": cache_dir / "cluster-0123456789abcdef",
+        "its prepared copy": cache_dir / "cluster-0123456789abcdef-aaaa",
+        "an answer": cache_dir / "version-0123456789abcdef",
+        "a dead process's fill": cache_dir / f"cluster-fedcba9876543210.{dead.pid}.partial",
+        "a running process's fill": cache_dir / f"cluster-fedcba9876543210.{os.getpid()}.partial",
+        "recent": cache_dir / "cluster-00000000000000ff",
+        "a maker": cache_dir / f"making-{dead.pid}",
+    }
+    for name, entry in entries.items():
+        if name == "an answer":
+            entry.write_text("postgres (PostgreSQL) 9.6\n")
+        else:
+            (entry / "base").mkdir(parents=True)
+        if name != "recent":
+            os.utime(entry, (week_ago, week_ago))
+    again = LocalServer(pg_bin(), workdir / "again", cache_dir=cache_dir, prepared=prepared)
+    again.start()
+    again.stop()
+    assert again.warm_start
+    assert cache.prune(cache_dir) == sorted(
+        entries[name].name
+        for name in ("other build", "its prepared copy", "an answer", "a dead process's fill")
+    )
+    left = {entry.name for entry in cache_dir.iterdir()}
+    assert {plain.name, with_prepared.name} <= left, "used by the start: kept"
+    kept = ("a running process's fill", "recent", "a maker")
+    assert {entries[name].name for name in kept} <= left
+    assert not list(cache_dir.glob("*.stale"))
+
+
+def test_the_cache_is_pruned_when_a_cold_start_fills_it(workdir: Path) -> None:
+    cache_dir = workdir / "cache"
+    old = cache_dir / "cluster-0123456789abcdef"
+    (old / "base").mkdir(parents=True)
+    week_ago = time.time() - cache.UNUSED_FOR - 60
+    os.utime(old, (week_ago, week_ago))
+    server = LocalServer(pg_bin(), workdir / "server", cache_dir=cache_dir)
+    server.start()
+    server.stop()
+    assert server.warm_start is False
+    assert not old.exists()
+    assert len(list(cache_dir.glob("cluster-*"))) == 1
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root needs another user")

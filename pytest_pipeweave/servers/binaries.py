@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_pipeweave.errors import BinariesNotFound, ServerUnavailable
+from pytest_pipeweave.servers import cache
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ def _kept(cache_dir: Path | None, kind: str, identity: str, ask: Callable[[], st
     kept = cache_dir / f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
     with contextlib.suppress(OSError):
         if line := kept.read_text().strip():
+            cache.mark_used(kept)
             return line
     line = ask()
     # Only in a cache folder that is there: its parent is checked and made elsewhere.
@@ -223,6 +225,9 @@ def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> P
             partial.rename(target)
         except OSError:
             shutil.rmtree(partial, ignore_errors=True)
+        else:
+            cache.prune(cache_dir)
+    cache.mark_used(target)
     return target / relative_bin
 
 

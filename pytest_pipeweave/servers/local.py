@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_pipeweave.errors import BinariesNotFound, FolderUnusable, ServerUnavailable
 from pytest_pipeweave.processes import process_alive, process_arguments, wait_until
+from pytest_pipeweave.servers import cache
 from pytest_pipeweave.servers.base import PreparedDatabase, RunIsDead, ServerInfo
 from pytest_pipeweave.servers.binaries import (
     ServerUser,
@@ -285,9 +286,13 @@ class LocalServer:
             ).hexdigest()[:16]
             cached = self.cache_dir / f"cluster-{key}"
         self.warm_start = cached is not None and cached.is_dir()
+        if cached is not None and self.warm_start:
+            cache.mark_used(cached)
         if cached is not None and self.prepared is not None:
             with_prepared = cached.with_name(f"{cached.name}-{self.prepared.key}")
             self._prepared_copied = self.warm_start and _copied(with_prepared, self.data_dir)
+            if self._prepared_copied:
+                cache.mark_used(with_prepared)
             self._to_cache = None if self._prepared_copied else (cached, with_prepared)
         if not self._prepared_copied and cached is not None and self.warm_start:
             copy_tree(cached, self.data_dir)
@@ -309,6 +314,8 @@ class LocalServer:
             partial.rename(cached)
         except OSError:  # another run cached it first, or no room
             shutil.rmtree(partial, ignore_errors=True)
+        else:
+            cache.prune(cached.parent)
 
     def cache_prepared(self) -> bool:
         """The prepared database made in a copy of the cached cluster, kept beside it for the
@@ -353,7 +360,8 @@ class LocalServer:
             maker.stop()
         for older in cached.parent.glob(f"{cached.name}-*"):
             if older != with_prepared and older.is_dir() and "." not in older.name:
-                _remove_cluster(older)
+                cache.remove(older)
+        cache.prune(cached.parent)
         return True
 
     def shut_down(self) -> None:
@@ -477,14 +485,6 @@ def _copied(cluster: Path, target: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _remove_cluster(cluster: Path) -> None:
-    """A cached cluster removed: renamed first, so that no run starts copying it meanwhile."""
-    stale = cluster.with_name(f"{cluster.name}.{os.getpid()}.stale")
-    with contextlib.suppress(OSError):
-        cluster.rename(stale)
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
