@@ -37,10 +37,7 @@ def remove(entry: Path) -> None:
     stale = entry.with_name(f"{entry.name}.{os.getpid()}.stale")
     with contextlib.suppress(OSError):
         entry.rename(stale)
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink()
+        _delete(stale)
 
 
 def prune(cache_dir: Path, now: float | None = None) -> list[str]:
@@ -51,23 +48,26 @@ def prune(cache_dir: Path, now: float | None = None) -> list[str]:
     removed = []
     with contextlib.suppress(OSError):
         for entry in cache_dir.iterdir():
-            in_hand = _IN_HAND.search(entry.name)
             if entry.name.startswith("making-"):
                 continue
-            if in_hand:
+            if in_hand := _IN_HAND.search(entry.name):
                 if process_alive(int(in_hand.group(1))):
                     continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        entry.unlink()
+                _delete(entry)
             else:
                 try:
                     if entry.lstat().st_mtime >= oldest:
                         continue
-                except OSError:
+                except OSError:  # removed meanwhile
                     continue
                 remove(entry)
             removed.append(entry.name)
     return sorted(removed)
+
+
+def _delete(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            entry.unlink()
