@@ -507,15 +507,18 @@ def async_isolation(run: Runner, figs: Figures, repeat: int) -> None:
     tools = [
         ("sync", "test_isolation_ours.py", {}),
         ("async", "test_isolation_async.py", {}),
+        ("async_session", "test_isolation_async_session.py", {}),
         ("pgpg_async", "test_isolation_pgpg_async.py", {"peer": "pytest-postgresql"}),
         ("floor", "test_floor.py", {"peer": "none"}),
     ]
     labels = {
         "sync": "PipeWeave pipeweave_database (sync, same run)",
         "async": "PipeWeave pipeweave_async_database",
+        "async_session": "PipeWeave pipeweave_async_database, one loop for the session",
         "pgpg_async": "pytest-postgresql postgresql_async (clone per test, defaults)",
         "floor_sync": "floor: a sync test with a fixture doing nothing",
         "floor_async": "floor: an async test (pytest-asyncio) with a fixture doing nothing",
+        "floor_async_session": "floor: the same, one loop for the session",
     }
     for rep in range(repeat):
         say(f"async isolation, repetition {rep + 1}/{repeat}")
@@ -523,7 +526,10 @@ def async_isolation(run: Runner, figs: Figures, repeat: int) -> None:
         for name, test_file, options in tools[rep % len(tools) :] + tools[: rep % len(tools)]:
             timing = run_tool(run, test_file, options)["timing"]
             parts = (
-                {f"floor_{k}": only(timing, f"::test_{k}[") for k in ("sync", "async")}
+                {
+                    f"floor_{k}": only(timing, f"::test_{k}[")
+                    for k in ("sync", "async", "async_session")
+                }
                 if name == "floor"
                 else {name: timing}
             )
@@ -537,6 +543,11 @@ def async_isolation(run: Runner, figs: Figures, repeat: int) -> None:
             "async.sync_above_floor_ratio",
             (cost["async"] - cost["floor_async"]) / (cost["sync"] - cost["floor_sync"]),
             "async / sync, each above its runner's floor",
+        )
+        figs.ratio(
+            "async.session_sync_ratio",
+            cost["async_session"] / cost["sync"],
+            "async with one loop for the session / sync, setup+teardown",
         )
         figs.ratio(
             "async.pgpg_ratio",
@@ -989,6 +1000,14 @@ TARGETS: list[dict[str, Any]] = [
         "peer": "async.floor_async.overhead_ms",
         "peer_name": "floor: pytest-asyncio, a fixture doing nothing",
         "ratio": "async.sync_above_floor_ratio",
+        "target": "",
+    },
+    {
+        "what": "Async isolation, one event loop for the session, vs the sync fixture",
+        "ours": "async.async_session.overhead_ms",
+        "peer": "async.sync.overhead_ms",
+        "peer_name": "pipeweave_database, same run",
+        "ratio": "async.session_sync_ratio",
         "target": "",
     },
     {
