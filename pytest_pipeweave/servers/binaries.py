@@ -214,19 +214,15 @@ def usable_bin_dir(bin_dir: Path, user: ServerUser, cache_dir: Path | None) -> P
         sources, relative_bin = [package, libs], Path(package.name, installation.name, bin_dir.name)
     else:
         sources, relative_bin = [installation], Path(installation.name, bin_dir.name)
-    if not target.is_dir():
-        cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        partial.mkdir()
+
+    def copy(folder: Path) -> None:
+        folder.mkdir()
         for source in sources:
-            copy_tree(source, partial / source.name)
-        subprocess.run(["chmod", "-R", "a+rX", str(partial)], check=True)
-        try:
-            partial.rename(target)
-        except OSError:
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            cache.prune(cache_dir)
+            copy_tree(source, folder / source.name)
+        subprocess.run(["chmod", "-R", "a+rX", str(folder)], check=True)
+
+    if not target.is_dir():
+        cache.add(target, copy)
     cache.mark_used(target)
     return target / relative_bin
 

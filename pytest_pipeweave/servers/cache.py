@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pytest_pipeweave.processes import process_alive
@@ -29,6 +30,25 @@ def mark_used(entry: Path) -> None:
     """``entry`` used now: it stays ``UNUSED_FOR`` from here. Nothing if it is not there."""
     with contextlib.suppress(OSError):
         os.utime(entry)
+
+
+def add(entry: Path, make: Callable[[Path], None]) -> None:
+    """``entry`` made by ``make(folder)`` in a folder beside it, renamed into place (a run
+    never finds half of it), then the cache pruned. One another process added first is left
+    as it is; when ``make`` fails, its folder goes and the error is raised."""
+    partial = entry.with_name(f"{entry.name}.{os.getpid()}.partial")
+    entry.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        make(partial)
+    except BaseException:
+        _delete(partial)
+        raise
+    try:
+        partial.rename(entry)
+    except OSError:  # another process added it first
+        _delete(partial)
+    else:
+        prune(entry.parent)
 
 
 def remove(entry: Path) -> None:

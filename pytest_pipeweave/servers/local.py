@@ -307,15 +307,8 @@ class LocalServer:
 
     def _fill_cache(self, cached: Path) -> None:
         """Keep the fresh cluster for the next runs; without room for it, run without."""
-        partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
-        try:
-            cached.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            copy_tree(self.data_dir, partial)
-            partial.rename(cached)
-        except OSError:  # another run cached it first, or no room
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            cache.prune(cached.parent)
+        with contextlib.suppress(OSError):  # no room
+            cache.add(cached, lambda folder: copy_tree(self.data_dir, folder))
 
     def cache_prepared(self) -> bool:
         """The prepared database made in a copy of the cached cluster, kept beside it for the
